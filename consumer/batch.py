@@ -1,0 +1,158 @@
+"""Turns decoded events into columns, one set per ClickHouse table, checking each event's invariants.
+
+Metric steps arrive columnar already, so a batch extends its columns with whole arrays rather
+than building a Python object per point.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is rejected
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs": (
+        "run_id", "project", "run_name", "user", "host", "started_at", "git_commit", "git_branch",
+        "git_dirty", "tags", "framework_versions", "command_line", "cpu_model", "cpu_count",
+        "memory_bytes", "gpu_count", "data_versions", "event_id",
+    ),
+    "run_params": ("run_id", "key", "value_type", "value_number", "value_string", "updated_at"),
+    "metric_points": ("run_id", "metric", "step", "value", "time"),
+    "gpu_samples": (
+        "run_id", "host", "gpu_index", "time", "gpu_uuid", "gpu_model", "utilization_pct",
+        "memory_used_bytes", "memory_total_bytes", "power_w", "temperature_c", "sm_clock_mhz",
+        "memory_clock_mhz",
+    ),
+    "run_finishes": ("run_id", "finished_at", "status", "exit_code", "error", "summary"),
+}
+
+
+class InvalidEvent(ValueError):
+    """An event that decoded but breaks the contract's invariants; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _param_columns(value: Any) -> tuple[str, float | None, str]:
+    if value is None:
+        return "null", None, ""
+    if isinstance(value, bool):
+        return "bool", float(value), "true" if value else "false"
+    if isinstance(value, int):
+        return "int", float(value), str(value)
+    if isinstance(value, float):
+        return "float", value, repr(value)
+    return "string", None, str(value)
+
+
+class Batch:
+    """Columns awaiting one insert per table; `points` counts metric points for throughput figures."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, dict[str, list[Any]]] = {
+            table: {name: [] for name in names} for table, names in TABLE_COLUMNS.items()
+        }
+        self.events = 0
+        self.points = 0
+
+    def __len__(self) -> int:
+        return self.events
+
+    def rows(self, table: str) -> int:
+        return len(self.columns[table][TABLE_COLUMNS[table][0]])
+
+    def add(self, event_type: str, record: dict[str, Any], now_us: int | None = None) -> None:
+        """Validate and append one event; raise InvalidEvent (nothing appended) when it breaks a rule."""
+        now_us = time.time_ns() // 1000 if now_us is None else now_us
+        run_id = record.get("run_id")
+        if not run_id:
+            raise InvalidEvent("missing_run_id", f"{event_type} event {record.get('event_id')!r} has no run_id")
+        timestamp = record.get("timestamp_us", 0)
+        if timestamp > now_us + MAX_FUTURE_US:
+            raise InvalidEvent(
+                "future_timestamp", f"{event_type} event of run {run_id}: timestamp_us {timestamp} is in the future"
+            )
+        handler = getattr(self, f"_add_{event_type}", None)
+        if handler is None:
+            raise InvalidEvent("unknown_event_type", f"no table for event type {event_type!r}")
+        handler(record, now_us)
+        self.events += 1
+
+    def _add_run_started(self, r: dict[str, Any], _now: int) -> None:
+        git = r["git"]
+        hw = r["hardware"]
+        cols = self.columns["runs"]
+        for name, value in (
+            ("run_id", r["run_id"]), ("project", r["project"]), ("run_name", r["run_name"]),
+            ("user", r["user"]), ("host", r["host"]), ("started_at", r["timestamp_us"]),
+            ("git_commit", git["commit"]), ("git_branch", git["branch"]), ("git_dirty", git["dirty"]),
+            ("tags", r["tags"]), ("framework_versions", r["framework_versions"]),
+            ("command_line", r["command_line"]), ("cpu_model", hw["cpu_model"]),
+            ("cpu_count", hw["cpu_count"]), ("memory_bytes", hw["memory_bytes"]),
+            ("gpu_count", len(hw["gpus"])),
+            ("data_versions", [(d["name"], d["version"], d["uri"], d["digest"]) for d in r["data_versions"]]),
+            ("event_id", r["event_id"]),
+        ):
+            cols[name].append(value)
+        params = self.columns["run_params"]
+        for param in r["params"]:
+            value_type, number, text = _param_columns(param["value"])
+            params["run_id"].append(r["run_id"])
+            params["key"].append(param["key"])
+            params["value_type"].append(value_type)
+            params["value_number"].append(number)
+            params["value_string"].append(text)
+            params["updated_at"].append(r["timestamp_us"])
+
+    def _add_metric_steps(self, r: dict[str, Any], now_us: int) -> None:
+        names = r["metric_names"]
+        index = r["metric_index"]
+        steps = r["steps"]
+        n = len(steps)
+        if not (len(index) == len(r["values"]) == len(r["times_us"]) == n):
+            raise InvalidEvent(
+                "ragged_columns",
+                f"metric_steps of run {r['run_id']}: column lengths differ "
+                f"(steps {n}, metric_index {len(index)}, values {len(r['values'])}, times_us {len(r['times_us'])})",
+            )
+        if n and min(steps) < 0:
+            raise InvalidEvent("negative_step", f"metric_steps of run {r['run_id']}: step {min(steps)} < 0")
+        if n and (min(index) < 0 or max(index) >= len(names)):
+            raise InvalidEvent(
+                "bad_metric_index",
+                f"metric_steps of run {r['run_id']}: metric_index outside 0..{len(names) - 1}",
+            )
+        if n and max(r["times_us"]) > now_us + MAX_FUTURE_US:
+            raise InvalidEvent("future_timestamp", f"metric_steps of run {r['run_id']}: a point is in the future")
+        cols = self.columns["metric_points"]
+        cols["run_id"].extend([r["run_id"]] * n)
+        cols["metric"].extend([names[i] for i in index])
+        cols["step"].extend(steps)
+        cols["value"].extend(r["values"])
+        cols["time"].extend(r["times_us"])
+        self.points += n
+
+    def _add_gpu_samples(self, r: dict[str, Any], _now: int) -> None:
+        cols = self.columns["gpu_samples"]
+        names = TABLE_COLUMNS["gpu_samples"]
+        for sample in r["samples"]:
+            row = dict(sample, run_id=r["run_id"], host=r["host"], time=sample["time_us"])
+            for name in names:
+                cols[name].append(row[name])
+
+    def _add_run_finished(self, r: dict[str, Any], _now: int) -> None:
+        cols = self.columns["run_finishes"]
+        for name, value in (
+            ("run_id", r["run_id"]), ("finished_at", r["timestamp_us"]), ("status", r["status"]),
+            ("exit_code", r["exit_code"]), ("error", r["error"]), ("summary", r["summary"]),
+        ):
+            cols[name].append(value)
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A short JSON rendering of an event, for dead-letter messages and logs."""
+    return json.dumps({k: record.get(k) for k in ("event_id", "run_id", "timestamp_us")})

@@ -1,0 +1,98 @@
+"""ClickHouse connection strings: `chdb:///path` (embedded engine) or `http(s)://user:pass@host:port/db`.
+
+The same SQL runs on both. Tables are always named with their database, so the client never
+needs a `USE`, and a database that does not exist yet can be created on first connect.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+
+DEFAULT_DATABASE = "runstream"
+DEFAULT_CHDB_PATH = Path.home() / ".runstream" / "clickhouse"
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def default_dsn() -> str:
+    return f"chdb://{DEFAULT_CHDB_PATH}"
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """A parsed DSN: what to hand clickhouse-connect, and the database our tables live in."""
+
+    client_dsn: str
+    database: str
+    embedded: bool
+
+    def __repr__(self) -> str:
+        return f"ClickHouseTarget({redact(self.client_dsn)!r}, database={self.database!r})"
+
+
+def parse_dsn(dsn: str) -> ClickHouseTarget:
+    parsed = urlparse(dsn)
+    query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+    if parsed.scheme == "chdb":
+        database = query.pop("database", DEFAULT_DATABASE)
+        location = parsed.netloc + parsed.path if parsed.netloc in ("", "memory") else parsed.path
+        if not location or location == "memory":
+            client = "chdb://memory"
+        elif not location.startswith("/"):
+            raise ValueError(f"clickhouse DSN {dsn!r}: a chdb path must be absolute, as in chdb:///data/ch")
+        else:
+            client = f"chdb://{location}"
+        _check_database(dsn, database)
+        return ClickHouseTarget(client, database, embedded=True)
+    if parsed.scheme in ("http", "https"):
+        database = parsed.path.strip("/") or query.pop("database", DEFAULT_DATABASE)
+        _check_database(dsn, database)
+        client = urlunparse((parsed.scheme, parsed.netloc, "", "", urlencode(query), ""))
+        return ClickHouseTarget(client, database, embedded=False)
+    raise ValueError(
+        f"clickhouse DSN {redact(dsn)!r}: unsupported scheme {parsed.scheme!r}; "
+        "use chdb:///path/to/dir or http(s)://user:password@host:8123/database"
+    )
+
+
+def _check_database(dsn: str, database: str) -> None:
+    if not _DATABASE_NAME.match(database):
+        raise ValueError(f"clickhouse DSN {redact(dsn)!r}: invalid database name {database!r}")
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password replaced, for logs and error messages."""
+    parsed = urlparse(dsn)
+    if parsed.password is None:
+        return dsn
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+def connect(dsn: str) -> tuple[Any, str]:
+    """A clickhouse-connect client and the database name; creates the database if needed."""
+    import clickhouse_connect
+
+    target = parse_dsn(dsn)
+    if target.embedded and target.client_dsn != "chdb://memory":
+        Path(target.client_dsn[len("chdb://") :]).mkdir(parents=True, exist_ok=True)
+    try:
+        bootstrap = clickhouse_connect.get_client(dsn=target.client_dsn)
+        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {target.database}")
+        bootstrap.close()
+        # A second client whose default database is ours, so users' SQL may name tables bare.
+        client = clickhouse_connect.get_client(dsn=target.client_dsn, database=target.database)
+    except Exception as error:
+        # The driver's message may quote the DSN; ours never shows the password.
+        raise ConnectionError(
+            f"cannot connect to ClickHouse at {redact(dsn)}: {type(error).__name__}: {_scrub(str(error), dsn)}"
+        ) from None
+    return client, target.database
+
+
+def _scrub(text: str, dsn: str) -> str:
+    password = urlparse(dsn).password
+    return text.replace(password, "***") if password else text

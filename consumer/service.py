@@ -1,0 +1,175 @@
+"""The consume loop: source → decode → batch → sink, then commit.
+
+Nothing is committed before the sink returned, and nothing undecodable is committed before its
+dead letter was acknowledged: a crash anywhere re-delivers, never loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runstream.consumer.batch import Batch, InvalidEvent
+from runstream.consumer.clickhouse_sink import ClickHouseSink
+from runstream.consumer.dead_letters import DeadLetters
+from runstream.consumer.kafka_source import KafkaSource
+from runstream.consumer.spool_source import read_spool_file, spool_files
+from runstream.consumer.topics_admin import ensure_topics
+from runstream.schemas import DEFAULT_TOPIC_PREFIX, DecodeError, Decoder, bundled_catalogue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    kafka: str
+    clickhouse: str
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    group_id: str = "runstream-consumer"
+    batch_max_points: int = 500_000
+    batch_max_messages: int = 20_000
+    batch_max_wait_s: float = 1.0
+    poll_timeout_s: float = 0.25
+    partitions: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("batch_max_points", "batch_max_messages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)!r}")
+        if self.batch_max_wait_s <= 0:
+            raise ValueError(f"batch_max_wait_s: expected a positive number, got {self.batch_max_wait_s!r}")
+
+
+@dataclass
+class ConsumeStats:
+    messages: int = 0
+    events: int = 0
+    points: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+class ConsumerService:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        *,
+        source: KafkaSource | None = None,
+        sink: ClickHouseSink | None = None,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink or ClickHouseSink(settings.clickhouse)
+        if source is None:
+            ensure_topics(settings.kafka, settings.topic_prefix, partitions=settings.partitions)
+        self.source = source or KafkaSource(settings.kafka, settings.topic_prefix, settings.group_id)
+        self.dead_letters = dead_letters or DeadLetters(settings.kafka, settings.topic_prefix)
+        self.decoder = Decoder(bundled_catalogue())
+        self.stats = ConsumeStats()
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        idle_exit_s: float | None = None,
+        stop_when: Callable[[ConsumeStats], bool] | None = None,
+    ) -> ConsumeStats:
+        """Consume until `stop` is set, no message arrived for `idle_exit_s` seconds, or `stop_when`
+        holds after a commit (the demo and tests stop once they have seen what they produced)."""
+        stop = stop or threading.Event()
+        batch = Batch()
+        held: list[Any] = []
+        opened = time.monotonic()
+        last_message = time.monotonic()
+        s = self.settings
+        try:
+            while not stop.is_set():
+                messages = self.source.poll(s.batch_max_messages, s.poll_timeout_s)
+                now = time.monotonic()
+                if messages:
+                    last_message = now
+                for message in messages:
+                    if not held:
+                        opened = now
+                    self._add(batch, message)
+                    held.append(message)
+                    if batch.points >= s.batch_max_points or len(held) >= s.batch_max_messages:
+                        self._write_and_commit(batch, held)
+                        batch, held = Batch(), []
+                if held and time.monotonic() - opened >= s.batch_max_wait_s:
+                    self._write_and_commit(batch, held)
+                    batch, held = Batch(), []
+                if stop_when is not None and not held and stop_when(self.stats):
+                    break
+                if idle_exit_s is not None and not held and now - last_message >= idle_exit_s:
+                    break
+            if held:
+                self._write_and_commit(batch, held)
+        finally:
+            self.source.close()
+        self.stats.rows = dict(self.sink.rows_written)
+        return self.stats
+
+    def _add(self, batch: Batch, message: Any) -> None:
+        self.stats.messages += 1
+        try:
+            event_type, record = self.decoder.decode(
+                message.value(), partition=message.partition(), offset=message.offset()
+            )
+            batch.add(event_type, record)
+        except (DecodeError, InvalidEvent) as error:
+            self.dead_letters.send(message, error.reason, str(error))
+            self.stats.dead_letters += 1
+
+    def _write_and_commit(self, batch: Batch, held: list[Any]) -> None:
+        started = time.monotonic()
+        self.sink.write(batch)
+        self.dead_letters.flush()
+        self.source.commit(held)
+        self.stats.events += batch.events
+        self.stats.points += batch.points
+        self.stats.batches += 1
+        log.info(
+            "wrote %d events (%d points) from %d messages in %.3fs",
+            batch.events, batch.points, len(held), time.monotonic() - started,
+        )
+
+
+@dataclass
+class IngestReport:
+    files: int = 0
+    events: int = 0
+    points: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 500_000) -> IngestReport:
+    """Load every sealed spool file under `folder`. Loading the same files twice stores nothing twice."""
+    report = IngestReport()
+    batch = Batch()
+    for path in spool_files(folder):
+        report.files += 1
+        for event_type, record in read_spool_file(path):
+            try:
+                batch.add(event_type, record)
+            except InvalidEvent as error:
+                report.rejected.append(f"{path}: {error}")
+                log.error("rejected an event in %s: %s", path, error)
+            if batch.points >= batch_max_points:
+                _write(sink, batch, report)
+                batch = Batch()
+    _write(sink, batch, report)
+    return report
+
+
+def _write(sink: ClickHouseSink, batch: Batch, report: IngestReport) -> None:
+    if batch.events:
+        sink.write(batch)
+        report.events += batch.events
+        report.points += batch.points

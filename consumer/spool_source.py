@@ -1,0 +1,37 @@
+"""Reads spooled runs: Avro object container files written by the producer's spool sink."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+from runstream.schemas import EVENT_TYPES
+
+SPOOL_SUFFIX = ".avro"
+
+
+def spool_files(folder: Path) -> list[Path]:
+    """Sealed spool files under `folder`, each run's in contract order (run started first)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"spool folder {str(folder)!r} does not exist")
+    order = {event_type: i for i, event_type in enumerate(EVENT_TYPES)}
+
+    def key(path: Path) -> tuple[str, int, str]:
+        event_type = path.name.split(".", 1)[0]
+        return (str(path.parent), order.get(event_type, len(order)), path.name)
+
+    return sorted(folder.rglob(f"*{SPOOL_SUFFIX}"), key=key)
+
+
+def read_spool_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event_type, record) pairs; the event type is the file's name up to the first dot."""
+    event_type = path.name.split(".", 1)[0]
+    with open(path, "rb") as handle:
+        for record in fastavro.reader(handle):
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}: expected records, found {type(record).__name__}")
+            yield event_type, record

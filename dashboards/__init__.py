@@ -1,0 +1,1 @@
+"""Grafana dashboards as code (grafanalib); see the dashboards issue."""

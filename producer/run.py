@@ -1,0 +1,274 @@
+"""`runstream.init()` and the `Run` a training job logs to.
+
+`log()` validates and enqueues, nothing more: the network and the disk are the worker's job.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from runstream.producer import metadata
+from runstream.producer.ids import event_id, run_name, uuid7
+from runstream.producer.params import check_key, flatten_params, param_records
+from runstream.producer.settings import ProducerSettings
+from runstream.producer.sinks import KafkaSink, SpoolSink
+from runstream.producer.worker import EventWorker
+
+log = logging.getLogger(__name__)
+
+RUN_STATUSES = ("ok", "failed", "killed")
+_GPU_REQUIRED = ("time_us", "gpu_index", "gpu_uuid", "gpu_model")
+_GPU_FIELDS = _GPU_REQUIRED + (
+    "utilization_pct", "memory_used_bytes", "memory_total_bytes", "power_w", "temperature_c",
+    "sm_clock_mhz", "memory_clock_mhz",
+)
+
+_workers: dict[ProducerSettings, EventWorker] = {}
+_workers_lock = threading.Lock()
+_active_runs: list[Run] = []
+
+
+def _worker_for(settings: ProducerSettings) -> EventWorker:
+    with _workers_lock:
+        worker = _workers.get(settings)
+        if worker is None:
+            sink: KafkaSink | SpoolSink
+            if settings.kafka:
+                sink = KafkaSink(settings.kafka, settings.topic_prefix)
+            else:
+                sink = SpoolSink(settings.spool)
+            worker = _workers[settings] = EventWorker(sink, settings)
+        return worker
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _as_tags(tags: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if isinstance(tags, str):
+        raise TypeError(f"tags: expected a mapping or a list of strings, got the string {tags!r}")
+    if isinstance(tags, Mapping):
+        return {str(k): str(v) for k, v in tags.items()}
+    return {str(tag): "" for tag in tags}
+
+
+class Run:
+    """One training run. Use `runstream.init()` to create one; usable as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | Sequence[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        settings: ProducerSettings | None = None,
+    ) -> None:
+        if not isinstance(project, str) or not project.strip():
+            raise ValueError(f"project: expected a non-empty string, got {project!r}")
+        self.settings = settings or ProducerSettings.resolve()
+        self.run_id = uuid7()
+        self.project = project
+        self.name = name or run_name()
+        flat = flatten_params(config)
+        flat.update(flatten_params(params))
+        self.params = flat
+        self.tags = _as_tags(tags)
+        self.finished = False
+        self._step = 0
+        self._known_keys: set[str] = set()
+        self._worker = _worker_for(self.settings)
+        self._worker.put(("event", "run_started", self.run_id, self._started_record()))
+        _active_runs.append(self)
+
+    def _started_record(self) -> dict[str, Any]:
+        return {
+            "event_id": event_id(),
+            "run_id": self.run_id,
+            "timestamp_us": _now_us(),
+            "project": self.project,
+            "run_name": self.name,
+            "user": metadata.current_user(),
+            "host": metadata.host_name(),
+            "params": param_records(self.params),
+            "tags": self.tags,
+            "git": metadata.git_info(),
+            "data_versions": [],
+            "hardware": metadata.hardware(),
+            "framework_versions": metadata.framework_versions(),
+            "command_line": metadata.command_line(),
+        }
+
+    def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record metric values at a step (the next step after the last one when omitted).
+
+        NaN and ±Inf are kept. A non-numeric value raises TypeError naming the key, and nothing
+        of that call is recorded; what was logged before stays.
+        """
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        if step is None:
+            step = self._step
+        elif type(step) is not int:
+            if isinstance(step, bool) or not hasattr(step, "__index__"):
+                raise TypeError(f"step: expected an integer, got {type(step).__name__} {step!r}")
+            step = int(step)
+        if step < 0:
+            raise ValueError(f"step: expected a non-negative integer, got {step}")
+        values: dict[str, float] = {}
+        known = self._known_keys
+        for key, value in metrics.items():
+            if key not in known:
+                if not isinstance(key, str):
+                    raise TypeError(f"metric key {key!r}: expected a string, got {type(key).__name__}")
+                check_key("metric", key)
+                known.add(key)
+            kind = type(value)
+            if kind is not float and kind is not int:
+                value = _coerce_number(key, value)
+            values[key] = value
+        self._step = step + 1
+        self._worker.put(("points", self.run_id, step, _now_us(), values))
+
+    def log_gpu_samples(self, samples: Sequence[Mapping[str, Any]], *, host: str | None = None) -> None:
+        """Record GPU samples (the `GpuSample` fields of the contract); used by the GPU sampler.
+
+        A sample lacking a required field (time_us, gpu_index, gpu_uuid, gpu_model) raises
+        ValueError naming it; optional readings default to null.
+        """
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        rows = []
+        for position, sample in enumerate(samples):
+            missing = [name for name in _GPU_REQUIRED if sample.get(name) is None]
+            if missing:
+                raise ValueError(f"GPU sample {position}: missing {', '.join(missing)}")
+            rows.append({name: sample.get(name) for name in _GPU_FIELDS})
+        record = {
+            "event_id": event_id(),
+            "run_id": self.run_id,
+            "timestamp_us": _now_us(),
+            "host": host or metadata.host_name(),
+            "samples": rows,
+        }
+        self._worker.put(("event", "gpu_samples", self.run_id, record))
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Block until what was logged so far is delivered; return the number still undelivered."""
+        return self._worker.flush(timeout)
+
+    def finish(self, status: str = "ok", *, exit_code: int | None = None, error: str | None = None) -> None:
+        """Mark the run ended and flush; calling it twice is harmless."""
+        if self.finished:
+            return
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status: expected one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        self._worker.flush(0)  # drain so the summary sees every point logged
+        record = {
+            "event_id": event_id(),
+            "run_id": self.run_id,
+            "timestamp_us": _now_us(),
+            "status": status,
+            "exit_code": exit_code,
+            "error": error,
+            "summary": self._worker.last_values(self.run_id),
+        }
+        self.finished = True
+        self._worker.put(("event", "run_finished", self.run_id, record))
+        undelivered = self._worker.flush()
+        if undelivered:
+            log.error("runstream: run %s finished with %d events undelivered", self.run_id, undelivered)
+        if self in _active_runs:
+            _active_runs.remove(self)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.finish("ok")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("killed", error=exc_type.__name__)
+        else:
+            self.finish("failed", error=f"{exc_type.__name__}: {exc}")
+
+
+def _coerce_number(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars
+        value = value.item()
+    if isinstance(value, int | float):
+        return float(value)
+    raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__} {value!r}")
+
+
+def init(
+    project: str,
+    name: str | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    kafka: str | None = None,
+    spool: str | None = None,
+    topic_prefix: str | None = None,
+) -> Run:
+    """Start a run. `config` (nested, e.g. a Hydra config) and `params` are both recorded as params.
+
+    Events go to Kafka when `kafka` or `RUNSTREAM_KAFKA` names bootstrap servers, else to the
+    spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool).
+    """
+    settings = ProducerSettings.resolve(kafka=kafka, spool=spool, topic_prefix=topic_prefix)
+    return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings)
+
+
+_previous_excepthook = sys.excepthook
+_uncaught: list[str] = []
+
+
+def _record_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    _uncaught.append(f"{exc_type.__name__}: {exc}")
+    _previous_excepthook(exc_type, exc, tb)
+
+
+def _finish_at_exit() -> None:
+    """Interpreter exit: finish runs left open (failed if an exception escaped), then flush."""
+    for run in list(_active_runs):
+        try:
+            if _uncaught:
+                run.finish("failed", error=_uncaught[-1])
+            else:
+                run.finish("ok")
+        except Exception:
+            log.exception("runstream: could not finish run %s at exit", run.run_id)
+    for worker in list(_workers.values()):
+        worker.close()
+
+
+def producer_stats() -> dict[str, int]:
+    """Events sent and queue items dropped by this process's workers, for the demo and tests."""
+    return {
+        "sent_events": sum(w.sent_events for w in _workers.values()),
+        "dropped_items": sum(w.dropped_items for w in _workers.values()),
+    }
+
+
+sys.excepthook = _record_uncaught
+atexit.register(_finish_at_exit)
+

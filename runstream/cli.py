@@ -1,0 +1,209 @@
+"""The `runstream` command: demo, consume, ingest, migrate, query.
+
+Every option that names a service also reads an environment variable (shown in --help), so the
+same command works in a shell, a container or a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from runstream import __version__
+from runstream.consumer.dsn import default_dsn, redact
+from runstream.output import FORMATS, render
+from runstream.schemas import DEFAULT_TOPIC_PREFIX
+
+log = logging.getLogger("runstream")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _add_clickhouse(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clickhouse",
+        default=_env("RUNSTREAM_CLICKHOUSE", default_dsn()),
+        metavar="DSN",
+        help="ClickHouse to use: chdb:///abs/path (embedded engine, the default: %(default)s) "
+        "or http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE]",
+    )
+
+
+def _add_topic_prefix(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topic-prefix",
+        default=_env("RUNSTREAM_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX),
+        help="prefix of the topic names, one topic per event type (default %(default)s) "
+        "[env RUNSTREAM_TOPIC_PREFIX]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runstream",
+        description="Streaming experiment tracking: training jobs -> Kafka (Avro) -> ClickHouse -> SQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"runstream {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="simulate a small fleet of runs, stream them through the pipeline and compare them",
+        description="Simulate several runs of one project with different learning rates and batch sizes, "
+        "log them through the SDK (to a spool folder, or to Kafka with --kafka), load them into "
+        "ClickHouse and print a comparison table computed in SQL.",
+    )
+    demo.add_argument("--runs", type=int, default=6, help="number of runs (default %(default)s)")
+    demo.add_argument("--steps", type=int, default=500, help="training steps per run (default %(default)s)")
+    demo.add_argument("--project", default="demo", help="project name (default %(default)s)")
+    demo.add_argument("--kafka", default=None, metavar="HOST:PORT",
+                      help="stream through this Kafka broker instead of the spool")
+    demo.add_argument("--spool", type=Path, default=None,
+                      help="spool folder for the offline path (default: a new temporary folder)")
+    _add_clickhouse(demo)
+    _add_topic_prefix(demo)
+
+    consume = commands.add_parser(
+        "consume",
+        help="run a consumer-group member: Kafka -> ClickHouse, committing after each write",
+        description="Consume runstream events from Kafka and write them to ClickHouse in columnar batches. "
+        "Offsets are committed only after the batch is written; undecodable or invalid messages go to "
+        "the dead-letter topic. Stops cleanly on SIGTERM/SIGINT after writing the batch in hand.",
+    )
+    consume.add_argument("--kafka", default=_env("RUNSTREAM_KAFKA"), metavar="HOST:PORT",
+                         help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
+    _add_clickhouse(consume)
+    _add_topic_prefix(consume)
+    consume.add_argument("--group", default=_env("RUNSTREAM_GROUP", "runstream-consumer"),
+                         help="consumer group id (default %(default)s) [env RUNSTREAM_GROUP]")
+    consume.add_argument("--batch-max-points", type=int, default=500_000,
+                         help="write a batch once it holds this many metric points (default %(default)s)")
+    consume.add_argument("--batch-max-messages", type=int, default=20_000,
+                         help="write a batch once it holds this many messages (default %(default)s)")
+    consume.add_argument("--batch-max-wait", type=float, default=1.0, metavar="SECONDS",
+                         help="write a batch at the latest this long after its first message (default %(default)s)")
+    consume.add_argument("--partitions", type=int, default=6,
+                         help="partitions of topics this consumer creates when missing (default %(default)s)")
+    consume.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                         help="exit after this long without messages (default: run until signalled)")
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="load spooled runs (Avro container files) into ClickHouse",
+        description="Load every sealed spool file (*.avro) under SPOOL_DIR into ClickHouse. Loading the same "
+        "files again stores nothing twice.",
+    )
+    ingest.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
+    _add_clickhouse(ingest)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade runstream's tables",
+                                  description="Apply the schema migrations the database lacks (idempotent).")
+    _add_clickhouse(migrate)
+
+    query = commands.add_parser(
+        "query",
+        help="run SQL against runstream's ClickHouse database",
+        description="Run one SQL statement; tables of the runstream database may be named bare "
+        "(runs, run_params, metric_points, gpu_samples, run_finishes).",
+    )
+    query.add_argument("sql", metavar="SQL")
+    query.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
+    _add_clickhouse(query)
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from runstream.demo import run_demo
+
+    return run_demo(
+        runs=args.runs, steps=args.steps, kafka=args.kafka, clickhouse=args.clickhouse,
+        project=args.project, spool=args.spool, topic_prefix=args.topic_prefix,
+    )
+
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from runstream.consumer import ConsumerService, ConsumerSettings
+
+    if not args.kafka:
+        raise SystemExit("runstream consume: --kafka (or RUNSTREAM_KAFKA) is required")
+    settings = ConsumerSettings(
+        kafka=args.kafka, clickhouse=args.clickhouse, topic_prefix=args.topic_prefix, group_id=args.group,
+        batch_max_points=args.batch_max_points, batch_max_messages=args.batch_max_messages,
+        batch_max_wait_s=args.batch_max_wait, partitions=args.partitions,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("consuming %s* from %s into %s", args.topic_prefix, args.kafka, redact(args.clickhouse))
+    stats = ConsumerService(settings).run(stop, idle_exit_s=args.idle_exit)
+    print(
+        f"consumed {stats.messages} messages: {stats.events} events, {stats.points} metric points, "
+        f"{stats.dead_letters} dead letters, {stats.batches} batches"
+    )
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from runstream.consumer import ClickHouseSink, ingest_spool
+
+    sink = ClickHouseSink(args.clickhouse)
+    report = ingest_spool(args.spool_dir, sink)
+    sink.close()
+    print(f"ingested {report.files} files: {report.events} events, {report.points} metric points")
+    for line in report.rejected:
+        print(f"rejected: {line}", file=sys.stderr)
+    return 1 if report.rejected else 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from runstream.consumer.dsn import connect
+    from runstream.consumer.migrations import migrate
+
+    client, database = connect(args.clickhouse)
+    applied = migrate(client, database)
+    print(f"applied migrations {applied} to {database}" if applied else f"{database} is up to date")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from runstream.consumer.dsn import connect
+
+    client, _database = connect(args.clickhouse)
+    result = client.query(args.sql)
+    print(render(list(result.column_names), result.result_rows, args.format))
+    return 0
+
+
+COMMANDS = {
+    "demo": _cmd_demo,
+    "consume": _cmd_consume,
+    "ingest": _cmd_ingest,
+    "migrate": _cmd_migrate,
+    "query": _cmd_query,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as error:
+        print(f"runstream {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

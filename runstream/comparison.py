@@ -1,0 +1,103 @@
+"""The run comparison the demo prints: params, final and best metrics, GPU-hours, one row per run.
+
+The numbers come from SQL over the stored tables (FINAL, so redelivered events never count
+twice); Python only pivots metrics into columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "mse", "mae", "rmse")
+
+# The runs compared: those of a project, narrowed to given run ids when the list is not empty.
+RUNS_FILTER = (
+    "project = {project:String} AND (empty({run_ids:Array(String)}) OR has({run_ids:Array(String)}, run_id))"
+)
+
+RUNS_SQL = """
+SELECT r.run_id, r.run_name, f.status
+FROM (SELECT * FROM {db}.runs FINAL) AS r
+LEFT JOIN (SELECT run_id, status FROM {db}.run_finishes FINAL) AS f USING (run_id)
+WHERE {runs_filter}
+ORDER BY r.run_id
+"""
+
+PARAMS_SQL = """
+SELECT run_id, key, value_string
+FROM {db}.run_params FINAL
+WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
+ORDER BY run_id, key
+"""
+
+METRICS_SQL = """
+SELECT run_id, metric, argMax(value, step) AS final, max(value) AS highest, min(value) AS lowest,
+       max(step) AS last_step, count() AS points
+FROM {db}.metric_points FINAL
+WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
+GROUP BY run_id, metric
+"""
+
+GPU_HOURS_SQL = """
+SELECT run_id, sum(seconds) / 3600 AS gpu_hours
+FROM (
+    SELECT run_id, host, gpu_index, dateDiff('microsecond', min(time), max(time)) / 1e6 AS seconds
+    FROM {db}.gpu_samples FINAL
+    WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
+    GROUP BY run_id, host, gpu_index
+)
+GROUP BY run_id
+"""
+
+
+def lower_is_better(metric: str) -> bool:
+    name = metric.lower()
+    return any(part in name for part in LOWER_IS_BETTER)
+
+
+@dataclass
+class Comparison:
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def compare_project(client: Any, database: str, project: str, run_ids: list[str] | None = None) -> Comparison:
+    """One row per run of `project` (only `run_ids` when given), in run-id order, i.e. start order."""
+    params = {"project": project, "run_ids": list(run_ids or [])}
+
+    def fetch(sql: str) -> list[Any]:
+        # Only the (validated) database name is pasted in; values travel as bound parameters.
+        text = sql.format(db=database, runs_filter=RUNS_FILTER)
+        return list(client.query(text, parameters=params).result_rows)
+
+    runs = fetch(RUNS_SQL)
+    param_rows = fetch(PARAMS_SQL)
+    metric_rows = fetch(METRICS_SQL)
+    gpu_rows = fetch(GPU_HOURS_SQL)
+
+    run_params: dict[str, list[str]] = {}
+    for run_id, key, value in param_rows:
+        run_params.setdefault(run_id, []).append(f"{key}={value}")
+    metrics: dict[str, dict[str, tuple[float, float]]] = {}
+    names: set[str] = set()
+    for run_id, metric, final, highest, lowest, _last, _points in metric_rows:
+        best = lowest if lower_is_better(metric) else highest
+        metrics.setdefault(run_id, {})[metric] = (final, best)
+        names.add(metric)
+    gpu_hours = {run_id: hours for run_id, hours in gpu_rows}
+
+    ordered = sorted(names)
+    columns = ["run", "params"]
+    for name in ordered:
+        columns += [f"{name} final", f"{name} best"]
+    columns += ["gpu_hours", "status"]
+    rows = []
+    for run_id, run_name, status in runs:
+        row: list[Any] = [run_name, " ".join(run_params.get(run_id, []))]
+        for name in ordered:
+            final, best = metrics.get(run_id, {}).get(name, (None, None))
+            row += [final, best]
+        row += [gpu_hours.get(run_id, 0.0), status or "running"]
+        rows.append(row)
+    return Comparison(columns, rows)

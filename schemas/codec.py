@@ -1,0 +1,98 @@
+"""Avro single-object encoding: `C3 01`, the writer schema's 8-byte fingerprint, then the body.
+
+The fingerprint lets a consumer pick the writer's schema from the catalogue and resolve it
+into the newest reader schema, so producers and consumers can upgrade independently.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import fastavro
+
+from runstream.schemas.catalogue import Catalogue, SchemaVersion
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+
+
+class DecodeError(Exception):
+    """A message that cannot be decoded; carries where it came from, for the dead-letter topic."""
+
+    def __init__(self, reason: str, message: str, *, partition: int | None = None, offset: int | None = None):
+        where = f" (partition {partition}, offset {offset})" if partition is not None else ""
+        super().__init__(f"{message}{where}")
+        self.reason = reason
+        self.partition = partition
+        self.offset = offset
+
+
+class Encoder:
+    """Encodes event records with the newest schema of their type."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+
+    def schema(self, event_type: str) -> SchemaVersion:
+        return self._catalogue.latest(event_type)
+
+    def encode(self, event_type: str, record: dict[str, Any]) -> bytes:
+        version = self._catalogue.latest(event_type)
+        buffer = io.BytesIO()
+        buffer.write(MAGIC)
+        buffer.write(version.fingerprint)
+        fastavro.schemaless_writer(buffer, version.parsed, record)
+        return buffer.getvalue()
+
+
+class Decoder:
+    """Decodes single-object messages into the newest known version of their event type."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+
+    def decode(
+        self, data: bytes, *, partition: int | None = None, offset: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Return (event_type, record); raise DecodeError naming what was wrong."""
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise DecodeError(
+                "not_single_object",
+                f"message of {len(data)} bytes does not start with the Avro single-object marker C3 01",
+                partition=partition,
+                offset=offset,
+            )
+        writer = self._catalogue.by_fingerprint(bytes(data[2:HEADER_SIZE]))
+        if writer is None:
+            raise DecodeError(
+                "unknown_fingerprint",
+                f"unknown writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()}",
+                partition=partition,
+                offset=offset,
+            )
+        reader = self._catalogue.latest(writer.event_type)
+        body = io.BytesIO(data)
+        body.seek(HEADER_SIZE)
+        try:
+            if reader.fingerprint == writer.fingerprint:
+                record = fastavro.schemaless_reader(body, writer.parsed, None)
+            else:
+                record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+        except Exception as error:  # fastavro raises many types on corrupt input
+            raise DecodeError(
+                "corrupt_body",
+                f"{writer.event_type} v{writer.version}: cannot decode body: {type(error).__name__}: {error}",
+                partition=partition,
+                offset=offset,
+            ) from error
+        if body.tell() != len(data):
+            raise DecodeError(
+                "trailing_bytes",
+                f"{writer.event_type} v{writer.version}: {len(data) - body.tell()} bytes left after the record",
+                partition=partition,
+                offset=offset,
+            )
+        if not isinstance(record, dict):
+            raise DecodeError("corrupt_body", "decoded value is not a record", partition=partition, offset=offset)
+        return writer.event_type, record

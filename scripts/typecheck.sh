@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# mypy over the `runstream` package as it installs: the top-level folders are its subpackages
+# (setuptools package-dir), so a link tree gives mypy the installed layout without installing.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tree="$repo/build/typecheck"
+rm -rf "$tree"
+mkdir -p "$tree/runstream"
+for file in "$repo"/runstream/*.py "$repo"/runstream/py.typed; do
+  ln -s "$file" "$tree/runstream/$(basename "$file")"
+done
+for sub in producer consumer schemas dashboards; do
+  ln -s "$repo/$sub" "$tree/runstream/$sub"
+done
+cd "$tree"
+"${MYPY:-$repo/.venv/bin/mypy}" --config-file "$repo/pyproject.toml" --cache-dir "$repo/.mypy_cache" -p runstream "$@"

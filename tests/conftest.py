@@ -1,0 +1,68 @@
+"""Session fixtures for the real services: a local Kafka broker and the embedded ClickHouse (chDB).
+
+Set RUNSTREAM_TEST_KAFKA (bootstrap servers) or RUNSTREAM_TEST_CLICKHOUSE (a chdb:/// or http(s)://
+DSN base) to use services you run yourself. Otherwise the broker is started by
+deploy/local/kafka.sh; if it cannot start, every test that needs it fails with the broker's log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("RUNSTREAM_TEST_KAFKA")
+    if external:
+        yield external
+        return
+    run_dir = tmp_path_factory.mktemp("kafka")
+    started = subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), "start", "--dir", str(run_dir)], capture_output=True, text=True, check=False
+    )
+    if started.returncode != 0:
+        pytest.fail(
+            f"the local Kafka broker could not start (exit {started.returncode}):\n{started.stderr}\n{started.stdout}",
+            pytrace=False,
+        )
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "stop", "--dir", str(run_dir)], check=False)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One chDB engine path for the whole session: chDB allows one path per process."""
+    external = os.environ.get("RUNSTREAM_TEST_CLICKHOUSE")
+    if external:
+        return external.split("?")[0].rstrip("/")
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture
+def clickhouse_dsn(clickhouse_base: str) -> str:
+    """A DSN naming a database of its own, so tests never see each other's rows."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    if clickhouse_base.startswith("chdb:"):
+        return f"{clickhouse_base}?database={database}"
+    return f"{clickhouse_base}/{database}"
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"

@@ -1,0 +1,130 @@
+"""The event contract: fingerprints, single-object encoding, schema evolution both ways, decode errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from fastavro.schema import fingerprint as fastavro_fingerprint
+
+from runstream.schemas import EVENT_TYPES, Catalogue, DecodeError, Decoder, Encoder, SchemaVersion, bundled_catalogue
+from runstream.schemas.catalogue import load_bundled_versions
+from runstream.schemas.codec import MAGIC
+from runstream.schemas.fingerprint import crc64_avro
+
+
+def sample(event_type: str) -> dict[str, object]:
+    common = {"event_id": "e-1", "run_id": "r-1", "timestamp_us": 1_700_000_000_000_000}
+    bodies: dict[str, dict[str, object]] = {
+        "run_started": {
+            "project": "p", "run_name": "n", "user": "u", "host": "h",
+            "params": [{"key": "lr", "value": 0.1}, {"key": "layers", "value": 4}, {"key": "opt", "value": "adam"},
+                       {"key": "amp", "value": True}, {"key": "none", "value": None}],
+            "tags": {"team": "vision"},
+            "git": {"commit": "abc", "branch": "main", "dirty": False},
+            "data_versions": [{"name": "imagenet", "version": "v2", "uri": None, "digest": "sha256:00"}],
+            "hardware": {"cpu_model": "x", "cpu_count": 2, "memory_bytes": 1, "gpu_driver_version": None,
+                         "cuda_version": None, "gpus": [{"index": 0, "uuid": "GPU-1", "model": "H100",
+                                                         "memory_total_bytes": 80}]},
+            "framework_versions": {"python": "3.11"},
+            "command_line": ["python", "train.py"],
+        },
+        "metric_steps": {"metric_names": ["loss", "acc"], "metric_index": [0, 1, 0], "steps": [1, 1, 2],
+                         "values": [0.5, float("inf"), -1.0], "times_us": [1, 2, 3]},
+        "gpu_samples": {"host": "h", "samples": [{"time_us": 1, "gpu_index": 0, "gpu_uuid": "GPU-1",
+                                                  "gpu_model": "H100", "utilization_pct": 50.0,
+                                                  "memory_used_bytes": None, "memory_total_bytes": None,
+                                                  "power_w": None, "temperature_c": None, "sm_clock_mhz": None,
+                                                  "memory_clock_mhz": None}]},
+        "run_finished": {"status": "ok", "exit_code": 0, "error": None, "summary": {"loss": 0.1}},
+    }
+    return {**common, **bodies[event_type]}
+
+
+def test_every_event_type_is_bundled_and_carries_the_common_fields() -> None:
+    catalogue = bundled_catalogue()
+    assert sorted(EVENT_TYPES) == catalogue.event_types
+    for event_type in EVENT_TYPES:
+        names = [f["name"] for f in catalogue.latest(event_type).raw["fields"]]
+        assert names[:3] == ["event_id", "run_id", "timestamp_us"], event_type
+
+
+def test_fingerprint_is_crc64_avro_little_endian() -> None:
+    # The spec's empty-input value is the algorithm's seed.
+    assert crc64_avro(b"") == 0xC15D213AA4D7A795
+    for version in bundled_catalogue().versions():
+        # fastavro's independent implementation prints the same 8 bytes, in the same (little-endian) order.
+        assert version.fingerprint.hex() == fastavro_fingerprint(version.canonical_form, "CRC-64-AVRO")
+        assert version.fingerprint == crc64_avro(version.canonical_form.encode()).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_round_trip_through_single_object_encoding(event_type: str) -> None:
+    catalogue = bundled_catalogue()
+    data = Encoder(catalogue).encode(event_type, sample(event_type))
+    assert data[:2] == MAGIC
+    assert data[2:10] == catalogue.latest(event_type).fingerprint
+    decoded_type, record = Decoder(catalogue).decode(data)
+    assert decoded_type == event_type
+    assert record == sample(event_type)
+
+
+def _evolved(event_type: str, version: int, change: str) -> SchemaVersion:
+    raw = copy.deepcopy(bundled_catalogue().latest(event_type).raw)
+    if change == "add_field":
+        raw["fields"].append({"name": "added_later", "type": "string", "default": "n/a"})
+    elif change == "drop_optional_fields":
+        raw["fields"] = [f for f in raw["fields"] if f["name"] not in ("error", "summary")]
+    return SchemaVersion.from_json(event_type, version, raw)
+
+
+def test_newer_reader_reads_what_the_current_producer_writes() -> None:
+    current = load_bundled_versions()
+    data = Encoder(Catalogue(current)).encode("run_finished", sample("run_finished"))
+    # A future consumer: its catalogue holds today's schemas plus a v2 that adds a field with a default.
+    future = Catalogue(current)
+    future.register(_evolved("run_finished", 2, "add_field"))
+    event_type, record = Decoder(future).decode(data)
+    assert event_type == "run_finished"
+    assert record["added_later"] == "n/a"
+    assert record["summary"] == {"loss": 0.1}
+
+
+def test_current_reader_reads_what_an_older_producer_wrote() -> None:
+    latest = bundled_catalogue().latest("run_finished")
+    older = SchemaVersion.from_json("run_finished", 0, _evolved("run_finished", 0, "drop_optional_fields").raw)
+    # The older producer's catalogue knows only its own version.
+    old_record = {k: v for k, v in sample("run_finished").items() if k not in ("error", "summary")}
+    data = Encoder(Catalogue([older])).encode("run_finished", old_record)
+    assert data[2:10] == older.fingerprint != latest.fingerprint
+    consumer = Catalogue(load_bundled_versions())
+    consumer.register(older)  # bundled history includes every older version
+    _, record = Decoder(consumer).decode(data)
+    assert record["error"] is None and record["summary"] == {}
+    assert record["status"] == "ok"
+
+
+def test_decode_errors_name_the_problem_and_the_offset() -> None:
+    decoder = Decoder(bundled_catalogue())
+    with pytest.raises(DecodeError, match="single-object marker") as caught:
+        decoder.decode(b"{\"not\": \"avro\"}", partition=3, offset=17)
+    assert caught.value.reason == "not_single_object" and "partition 3, offset 17" in str(caught.value)
+    with pytest.raises(DecodeError, match="unknown writer schema fingerprint") as caught:
+        decoder.decode(MAGIC + b"\x00" * 8 + b"\x02")
+    assert caught.value.reason == "unknown_fingerprint"
+    good = Encoder(bundled_catalogue()).encode("metric_steps", sample("metric_steps"))
+    with pytest.raises(DecodeError) as caught:
+        decoder.decode(good[:-5])
+    assert caught.value.reason == "corrupt_body"
+    with pytest.raises(DecodeError) as caught:
+        decoder.decode(good + b"\x00")
+    assert caught.value.reason == "trailing_bytes"
+
+
+def test_catalogue_rejects_two_versions_with_one_fingerprint() -> None:
+    version = bundled_catalogue().latest("gpu_samples")
+    catalogue = Catalogue([version])
+    clash = SchemaVersion.from_json("gpu_samples", 9, json.loads(json.dumps(version.raw)))
+    with pytest.raises(ValueError, match="same fingerprint"):
+        catalogue.register(clash)
