@@ -38,13 +38,12 @@ def parse_dsn(dsn: str) -> ClickHouseTarget:
     query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
     if parsed.scheme == "chdb":
         database = query.pop("database", DEFAULT_DATABASE)
-        location = parsed.netloc + parsed.path if parsed.netloc in ("", "memory") else parsed.path
-        if not location or location == "memory":
+        if parsed.netloc == "memory" and parsed.path in ("", "/"):
             client = "chdb://memory"
-        elif not location.startswith("/"):
+        elif parsed.netloc or not parsed.path.startswith("/"):
             raise ValueError(f"clickhouse DSN {dsn!r}: a chdb path must be absolute, as in chdb:///data/ch")
         else:
-            client = f"chdb://{location}"
+            client = f"chdb://{parsed.path}"
         _check_database(dsn, database)
         return ClickHouseTarget(client, database, embedded=True)
     if parsed.scheme in ("http", "https"):

@@ -1,0 +1,40 @@
+# runstream: the two set-up commands are `make demo` and `make test`; the rest are for developers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: help demo test lint typecheck kafka-start kafka-stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed ## create the virtualenv, install, run `runstream demo` on the embedded defaults
+	$(BIN)/runstream demo
+
+test: $(BIN)/.installed ## install, fetch Kafka, run lint, type check and the whole suite (starts and stops Kafka)
+	bash deploy/local/kafka.sh fetch
+	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed ## ruff
+	$(BIN)/ruff check .
+
+typecheck: $(BIN)/.installed ## mypy over the installed package layout
+	bash scripts/typecheck.sh
+
+kafka-start: ## start a local broker in .cache/kafka-run and print its address
+	bash deploy/local/kafka.sh start
+
+kafka-stop: ## stop it
+	bash deploy/local/kafka.sh stop
+
+clean: ## remove the virtualenv and caches (keeps the Kafka jars in .cache)
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info
