@@ -23,7 +23,11 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "gpu_samples": (
         "run_id", "host", "gpu_index", "time", "gpu_uuid", "gpu_model", "utilization_pct",
         "memory_used_bytes", "memory_total_bytes", "power_w", "temperature_c", "sm_clock_mhz",
-        "memory_clock_mhz",
+        "memory_clock_mhz", "power_limit_w", "throttle_reasons", "process_memory_bytes",
+    ),
+    "host_samples": (
+        "run_id", "host", "time", "host_cpu_pct", "host_memory_used_bytes", "host_memory_total_bytes",
+        "process_rss_bytes",
     ),
     "run_finishes": ("run_id", "finished_at", "status", "exit_code", "error", "summary"),
 }
@@ -143,6 +147,11 @@ class Batch:
             row = dict(sample, run_id=r["run_id"], host=r["host"], time=sample["time_us"])
             for name in names:
                 cols[name].append(row[name])
+        if any(r.get(name) is not None for name in TABLE_COLUMNS["host_samples"][3:]):
+            host = self.columns["host_samples"]
+            row = dict(r, time=r["timestamp_us"])
+            for name in TABLE_COLUMNS["host_samples"]:
+                host[name].append(row.get(name))
 
     def _add_run_finished(self, r: dict[str, Any], _now: int) -> None:
         cols = self.columns["run_finishes"]

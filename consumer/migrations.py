@@ -103,6 +103,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "gpu_samples v2: power limit, throttle reasons, process GPU memory; host samples",
+        (
+            """
+            ALTER TABLE {db}.gpu_samples
+                ADD COLUMN IF NOT EXISTS power_limit_w Nullable(Float32),
+                ADD COLUMN IF NOT EXISTS throttle_reasons Nullable(UInt64),
+                ADD COLUMN IF NOT EXISTS process_memory_bytes Nullable(UInt64)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {db}.host_samples (
+                run_id String,
+                host LowCardinality(String),
+                time DateTime64(6, 'UTC'),
+                host_cpu_pct Nullable(Float32),
+                host_memory_used_bytes Nullable(UInt64),
+                host_memory_total_bytes Nullable(UInt64),
+                process_rss_bytes Nullable(UInt64)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (run_id, host, time)
+            """,
+        ),
+    ),
 )
 
 _LEDGER = """

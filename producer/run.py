@@ -15,20 +15,21 @@ from types import TracebackType
 from typing import Any
 
 from runstream.producer import metadata
+from runstream.producer.gpu import GPU_FIELDS, NvmlGpus
+from runstream.producer.host import HostReader
 from runstream.producer.ids import event_id, run_name, uuid7
 from runstream.producer.params import check_key, flatten_params, param_records
 from runstream.producer.settings import ProducerSettings
 from runstream.producer.sinks import KafkaSink, SpoolSink
+from runstream.producer.system_sampler import SystemSampler
 from runstream.producer.worker import EventWorker
 
 log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("ok", "failed", "killed")
 _GPU_REQUIRED = ("time_us", "gpu_index", "gpu_uuid", "gpu_model")
-_GPU_FIELDS = _GPU_REQUIRED + (
-    "utilization_pct", "memory_used_bytes", "memory_total_bytes", "power_w", "temperature_c",
-    "sm_clock_mhz", "memory_clock_mhz",
-)
+_GPU_FIELDS = _GPU_REQUIRED + tuple(f.name for f in GPU_FIELDS) + ("process_memory_bytes",)
+_HOST_FIELDS = ("host_cpu_pct", "host_memory_used_bytes", "host_memory_total_bytes", "process_rss_bytes")
 
 _workers: dict[ProducerSettings, EventWorker] = {}
 _workers_lock = threading.Lock()
@@ -74,7 +75,10 @@ class Run:
         tags: Mapping[str, str] | Sequence[str] | None = None,
         config: Mapping[str, Any] | None = None,
         settings: ProducerSettings | None = None,
+        gpus: NvmlGpus | None = None,
     ) -> None:
+        """`gpus` is the NVML source (tests without a GPU pass a fake); by default pynvml is used
+        when sampling is on (`settings.sample_interval_s` > 0)."""
         if not isinstance(project, str) or not project.strip():
             raise ValueError(f"project: expected a non-empty string, got {project!r}")
         self.settings = settings or ProducerSettings.resolve()
@@ -89,10 +93,22 @@ class Run:
         self._step = 0
         self._known_keys: set[str] = set()
         self._worker = _worker_for(self.settings)
-        self._worker.put(("event", "run_started", self.run_id, self._started_record()))
+        self._sampler: SystemSampler | None = None
+        if self.settings.sample_interval_s > 0:
+            self._sampler = SystemSampler(
+                self._emit_system_sample, self.settings.sample_interval_s, gpus or NvmlGpus(), _host_reader()
+            )
+        inventory = self._sampler.gpus.inventory() if self._sampler else (gpus.inventory() if gpus else None)
+        self._worker.put(("event", "run_started", self.run_id, self._started_record(inventory)))
         _active_runs.append(self)
+        if self._sampler is not None:
+            self._sampler.start()
 
-    def _started_record(self) -> dict[str, Any]:
+    def _emit_system_sample(self, samples: list[dict[str, Any]], host: dict[str, Any]) -> None:
+        if not self.finished:
+            self.log_gpu_samples(samples, host_metrics=host)
+
+    def _started_record(self, gpu_inventory: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "event_id": event_id(),
             "run_id": self.run_id,
@@ -105,7 +121,7 @@ class Run:
             "tags": self.tags,
             "git": metadata.git_info(),
             "data_versions": [],
-            "hardware": metadata.hardware(),
+            "hardware": {**metadata.hardware(), **(gpu_inventory or {})},
             "framework_versions": metadata.framework_versions(),
             "command_line": metadata.command_line(),
         }
@@ -141,8 +157,16 @@ class Run:
         self._step = step + 1
         self._worker.put(("points", self.run_id, step, _now_us(), values))
 
-    def log_gpu_samples(self, samples: Sequence[Mapping[str, Any]], *, host: str | None = None) -> None:
-        """Record GPU samples (the `GpuSample` fields of the contract); used by the GPU sampler.
+    def log_gpu_samples(
+        self,
+        samples: Sequence[Mapping[str, Any]],
+        *,
+        host: str | None = None,
+        host_metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record GPU samples (the `GpuSample` fields of the contract) and host readings (host_cpu_pct,
+        host_memory_used_bytes, host_memory_total_bytes, process_rss_bytes); the system sampler calls
+        this, and so can code that reads GPUs itself.
 
         A sample lacking a required field (time_us, gpu_index, gpu_uuid, gpu_model) raises
         ValueError naming it; optional readings default to null.
@@ -161,6 +185,7 @@ class Run:
             "timestamp_us": _now_us(),
             "host": host or metadata.host_name(),
             "samples": rows,
+            **{name: (host_metrics or {}).get(name) for name in _HOST_FIELDS},
         }
         self._worker.put(("event", "gpu_samples", self.run_id, record))
 
@@ -174,6 +199,8 @@ class Run:
             return
         if status not in RUN_STATUSES:
             raise ValueError(f"status: expected one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        if self._sampler is not None:
+            self._sampler.shutdown()
         self._worker.flush(0)  # drain so the summary sees every point logged
         record = {
             "event_id": event_id(),
@@ -206,6 +233,20 @@ class Run:
             self.finish("failed", error=f"{exc_type.__name__}: {exc}")
 
 
+_HOST_READER: list[HostReader] = []
+
+
+def _host_reader() -> HostReader | None:
+    """One reader per process (psutil's CPU baseline is per reader); None where psutil fails."""
+    if not _HOST_READER:
+        try:
+            _HOST_READER.append(HostReader())
+        except Exception as error:
+            log.debug("runstream: host metrics unavailable: %s", error)
+            return None
+    return _HOST_READER[0]
+
+
 def _coerce_number(key: str, value: Any) -> float:
     if isinstance(value, bool):
         return float(value)
@@ -226,13 +267,17 @@ def init(
     kafka: str | None = None,
     spool: str | None = None,
     topic_prefix: str | None = None,
+    sample_interval: float | None = None,
 ) -> Run:
     """Start a run. `config` (nested, e.g. a Hydra config) and `params` are both recorded as params.
 
     Events go to Kafka when `kafka` or `RUNSTREAM_KAFKA` names bootstrap servers, else to the
-    spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool).
+    spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool). GPUs and the host are
+    sampled every `sample_interval` seconds (`RUNSTREAM_SAMPLE_INTERVAL`, default 5; 0 turns it off).
     """
-    settings = ProducerSettings.resolve(kafka=kafka, spool=spool, topic_prefix=topic_prefix)
+    settings = ProducerSettings.resolve(
+        kafka=kafka, spool=spool, topic_prefix=topic_prefix, sample_interval_s=sample_interval
+    )
     return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings)
 
 

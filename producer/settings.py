@@ -28,18 +28,24 @@ class ProducerSettings:
     max_points_per_event: int = 50_000
     queue_capacity_points: int = 5_000_000
     flush_timeout_s: float = 30.0
+    sample_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.flush_interval_s <= 0:
             raise ValueError(f"flush_interval_s: expected a positive number of seconds, got {self.flush_interval_s!r}")
         if self.max_points_per_event < 1:
             raise ValueError(f"max_points_per_event: expected at least 1, got {self.max_points_per_event!r}")
+        if self.sample_interval_s < 0:
+            raise ValueError(
+                f"sample_interval_s: expected seconds >= 0 (0 turns sampling off), got {self.sample_interval_s!r}"
+            )
         if self.queue_capacity_points < 1:
             raise ValueError(f"queue_capacity_points: expected at least 1, got {self.queue_capacity_points!r}")
 
     @classmethod
     def resolve(cls, **overrides: Any) -> ProducerSettings:
-        """Arguments win over the environment (`RUNSTREAM_KAFKA`, `RUNSTREAM_TOPIC_PREFIX`, `RUNSTREAM_SPOOL`)."""
+        """Arguments win over the environment (`RUNSTREAM_KAFKA`, `RUNSTREAM_TOPIC_PREFIX`, `RUNSTREAM_SPOOL`,
+        `RUNSTREAM_SAMPLE_INTERVAL` in seconds, 0 for off)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -54,6 +60,12 @@ class ProducerSettings:
             values["topic_prefix"] = env_prefix
         if env_spool:
             values["spool"] = Path(env_spool)
+        env_interval = os.environ.get("RUNSTREAM_SAMPLE_INTERVAL")
+        if env_interval:
+            try:
+                values["sample_interval_s"] = float(env_interval)
+            except ValueError:
+                raise ValueError(f"RUNSTREAM_SAMPLE_INTERVAL: expected seconds, got {env_interval!r}") from None
         for key, value in overrides.items():
             if value is not None:
                 values[key] = Path(value) if key == "spool" else value

@@ -113,7 +113,8 @@ def run_demo(
         raise ValueError(f"--runs and --steps must be at least 1 (got runs={runs}, steps={steps})")
     started = time.monotonic()
     spool_dir = spool or Path(tempfile.mkdtemp(prefix="runstream-demo-spool-"))
-    settings = ProducerSettings(kafka=kafka, spool=spool_dir, topic_prefix=topic_prefix)
+    # The demo simulates its GPUs, so the real sampler stays off.
+    settings = ProducerSettings(kafka=kafka, spool=spool_dir, topic_prefix=topic_prefix, sample_interval_s=0)
     where = f"Kafka at {kafka}" if kafka else f"the spool {spool_dir}"
     out(f"Simulating {runs} runs x {steps} steps of project {project!r} into {where} ...")
     sent_before = producer_stats()["sent_events"]

@@ -36,7 +36,10 @@ def sample(event_type: str) -> dict[str, object]:
                                                   "gpu_model": "H100", "utilization_pct": 50.0,
                                                   "memory_used_bytes": None, "memory_total_bytes": None,
                                                   "power_w": None, "temperature_c": None, "sm_clock_mhz": None,
-                                                  "memory_clock_mhz": None}]},
+                                                  "memory_clock_mhz": None, "power_limit_w": 700.0,
+                                                  "throttle_reasons": 4, "process_memory_bytes": 0}],
+                        "host_cpu_pct": 12.5, "host_memory_used_bytes": 5, "host_memory_total_bytes": 10,
+                        "process_rss_bytes": 3},
         "run_finished": {"status": "ok", "exit_code": 0, "error": None, "summary": {"loss": 0.1}},
     }
     return {**common, **bodies[event_type]}
@@ -103,6 +106,24 @@ def test_current_reader_reads_what_an_older_producer_wrote() -> None:
     _, record = Decoder(consumer).decode(data)
     assert record["error"] is None and record["summary"] == {}
     assert record["status"] == "ok"
+
+
+def test_bundled_gpu_samples_v1_events_read_as_v2() -> None:
+    """The bundled history itself: an event from a producer still on gpu_samples v1 reads into v2."""
+    catalogue = bundled_catalogue()
+    v1 = next(v for v in catalogue.versions() if v.event_type == "gpu_samples" and v.version == 1)
+    assert catalogue.latest("gpu_samples").version == 2
+    v1_record = sample("gpu_samples")
+    for name in ("host_cpu_pct", "host_memory_used_bytes", "host_memory_total_bytes", "process_rss_bytes"):
+        del v1_record[name]
+    for gpu in v1_record["samples"]:  # type: ignore[attr-defined]
+        for name in ("power_limit_w", "throttle_reasons", "process_memory_bytes"):
+            del gpu[name]
+    data = Encoder(Catalogue([v1])).encode("gpu_samples", v1_record)
+    assert data[2:10] == v1.fingerprint
+    _, record = Decoder(catalogue).decode(data)
+    assert record["host_cpu_pct"] is None and record["samples"][0]["power_limit_w"] is None
+    assert record["samples"][0]["utilization_pct"] == 50.0
 
 
 def test_decode_errors_name_the_problem_and_the_offset() -> None:
