@@ -18,9 +18,9 @@ from runstream.consumer.batch import Batch, InvalidEvent
 from runstream.consumer.clickhouse_sink import ClickHouseSink
 from runstream.consumer.dead_letters import DeadLetters
 from runstream.consumer.kafka_source import KafkaSource
-from runstream.consumer.spool_source import read_spool_file, spool_files
 from runstream.consumer.topics_admin import ensure_topics
 from runstream.schemas import DEFAULT_TOPIC_PREFIX, DecodeError, Decoder, bundled_catalogue
+from runstream.schemas.spool import read_spool_file, spool_files
 
 log = logging.getLogger(__name__)
 

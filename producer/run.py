@@ -5,22 +5,20 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from runstream.producer import metadata
+from runstream.producer import lifecycle, metadata
 from runstream.producer.gpu import GPU_FIELDS, NvmlGpus
 from runstream.producer.host import HostReader
 from runstream.producer.ids import event_id, run_name, uuid7
 from runstream.producer.params import check_key, flatten_params, param_records
 from runstream.producer.settings import ProducerSettings
-from runstream.producer.sinks import KafkaSink, SpoolSink
+from runstream.producer.sinks import EventSink, KafkaSink, SpoolSink
 from runstream.producer.system_sampler import SystemSampler
 from runstream.producer.worker import EventWorker
 
@@ -40,11 +38,11 @@ def _worker_for(settings: ProducerSettings) -> EventWorker:
     with _workers_lock:
         worker = _workers.get(settings)
         if worker is None:
-            sink: KafkaSink | SpoolSink
+            spool = SpoolSink(settings.spool)
+            sink: EventSink = spool
             if settings.kafka:
-                sink = KafkaSink(settings.kafka, settings.topic_prefix)
-            else:
-                sink = SpoolSink(settings.spool)
+                sink = KafkaSink(settings.kafka, settings.topic_prefix, spool,
+                                 delivery_timeout_s=settings.delivery_timeout_s)
             worker = _workers[settings] = EventWorker(sink, settings)
         return worker
 
@@ -92,6 +90,7 @@ class Run:
         self.finished = False
         self._step = 0
         self._known_keys: set[str] = set()
+        lifecycle.install(_finish_all, _forget_in_child)
         self._worker = _worker_for(self.settings)
         self._sampler: SystemSampler | None = None
         if self.settings.sample_interval_s > 0:
@@ -281,29 +280,22 @@ def init(
     return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings)
 
 
-_previous_excepthook = sys.excepthook
-_uncaught: list[str] = []
-
-
-def _record_uncaught(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
-    _uncaught.append(f"{exc_type.__name__}: {exc}")
-    _previous_excepthook(exc_type, exc, tb)
-
-
-def _finish_at_exit() -> None:
-    """Interpreter exit: finish runs left open (failed if an exception escaped), then flush."""
+def _finish_all(status: str, error: str | None) -> None:
+    """Finish every open run with this status, then close the workers (exit and signal paths)."""
     for run in list(_active_runs):
         try:
-            if _uncaught:
-                run.finish("failed", error=_uncaught[-1])
-            else:
-                run.finish("ok")
+            run.finish(status, error=error)
         except Exception:
-            log.exception("runstream: could not finish run %s at exit", run.run_id)
+            log.exception("runstream: could not finish run %s", run.run_id)
     for worker in list(_workers.values()):
         worker.close()
+
+
+def _forget_in_child() -> None:
+    """After fork: the child owns none of its parent's runs, workers or open files."""
+    _active_runs.clear()
+    _workers.clear()
+    _HOST_READER.clear()
 
 
 def producer_stats() -> dict[str, int]:
@@ -313,7 +305,4 @@ def producer_stats() -> dict[str, int]:
         "dropped_items": sum(w.dropped_items for w in _workers.values()),
     }
 
-
-sys.excepthook = _record_uncaught
-atexit.register(_finish_at_exit)
 

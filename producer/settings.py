@@ -29,6 +29,7 @@ class ProducerSettings:
     queue_capacity_points: int = 5_000_000
     flush_timeout_s: float = 30.0
     sample_interval_s: float = 5.0
+    delivery_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.flush_interval_s <= 0:

@@ -16,7 +16,7 @@ from typing import Any
 
 from runstream.producer.ids import event_id
 from runstream.producer.settings import ProducerSettings
-from runstream.producer.sinks import EventSink, SpoolSink
+from runstream.producer.sinks import EventSink
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class EventWorker:
         self._queue: deque[QueueItem] = deque()
         self._wake = threading.Event()
         self._room = threading.Condition()
-        self._flush_lock = threading.Lock()
+        # Re-entrant: a SIGTERM handler may finish runs while the main thread is inside a drain.
+        self._flush_lock = threading.RLock()
         self._stopping = False
         self._last_values: dict[str, dict[str, float]] = {}
         self.dropped_items = 0
@@ -89,7 +90,11 @@ class EventWorker:
     def put(self, item: QueueItem) -> bool:
         """Enqueue without waiting on the network; False when the item was dropped (counted)."""
         if self._pid != os.getpid():
-            return False  # a forked child must not send its parent's events twice
+            # A forked child must not send its parent's events twice, nor write to its files.
+            self.dropped_items += 1
+            if self.dropped_items == 1:
+                log.debug("runstream: logging from a forked child to its parent's run is ignored")
+            return False
         if len(self._queue) >= self._settings.queue_capacity_points:
             self._wake.set()
             deadline = time.monotonic() + FULL_QUEUE_WAIT_S
@@ -116,8 +121,9 @@ class EventWorker:
         timeout = self._settings.flush_timeout_s if timeout is None else timeout
         if self._pid != os.getpid():
             return 0
-        self._drain()
-        return self._sink.flush(timeout)
+        with self._flush_lock:
+            self._drain()
+            return self._sink.flush(timeout)
 
     def close(self, timeout: float | None = None) -> int:
         timeout = self._settings.flush_timeout_s if timeout is None else timeout
@@ -126,7 +132,8 @@ class EventWorker:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         remaining = self.flush(timeout)
-        self._sink.close(timeout)
+        with self._flush_lock:
+            self._sink.close(timeout)
         return remaining
 
     # -- worker side -------------------------------------------------------------------
@@ -136,8 +143,9 @@ class EventWorker:
             self._wake.wait(self._settings.flush_interval_s)
             self._wake.clear()
             try:
-                self._drain()
-                self._sink.flush(0)
+                with self._flush_lock:
+                    self._drain()
+                    self._sink.flush(0)
             except Exception:  # the worker must survive anything so the training job never notices
                 log.exception("runstream: worker failed to send a batch")
 
@@ -167,8 +175,7 @@ class EventWorker:
                     self._send(event_type, run_id, record)
                     if event_type == "run_finished":
                         self._last_values.pop(run_id, None)
-                        if isinstance(self._sink, SpoolSink):
-                            self._sink.close_run(run_id)
+                        self._sink.close_run(run_id)
             for run_id, columns in pending.items():
                 self._send("metric_steps", run_id, columns.to_record(run_id))
             with self._room:

@@ -1,4 +1,4 @@
-"""The `runstream` command: demo, consume, ingest, migrate, query.
+"""The `runstream` command: demo, consume, ingest, sync, migrate, query.
 
 Every option that names a service also reads an environment variable (shown in --help), so the
 same command works in a shell, a container or a Kubernetes pod.
@@ -105,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
     _add_clickhouse(ingest)
 
+    sync = commands.add_parser(
+        "sync",
+        help="upload spooled runs (offline runs, or events spooled during a Kafka outage) to Kafka",
+        description="Send every sealed spool file (*.avro) under SPOOL_DIR to Kafka, in order, and remove each "
+        "file once the broker acknowledged all its events. An interrupted sync can simply be run again: "
+        "the consumer stores each event once.",
+    )
+    sync.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
+    sync.add_argument("--kafka", default=_env("RUNSTREAM_KAFKA"), metavar="HOST:PORT",
+                      help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
+    _add_topic_prefix(sync)
+    sync.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="how long to wait for the broker to acknowledge each file (default %(default)s)")
+
     migrate = commands.add_parser("migrate", help="create or upgrade runstream's tables",
                                   description="Apply the schema migrations the database lacks (idempotent).")
     _add_clickhouse(migrate)
@@ -164,6 +178,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if report.rejected else 0
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from runstream.producer.sync import sync_spool
+
+    if not args.kafka:
+        raise SystemExit("runstream sync: --kafka (or RUNSTREAM_KAFKA) is required")
+    report = sync_spool(args.spool_dir, args.kafka, args.topic_prefix, timeout=args.timeout)
+    print(f"synced {report.files} files ({report.events} events) to {args.kafka}")
+    for path in report.left:
+        print(f"not acknowledged, kept: {path}", file=sys.stderr)
+    return 1 if report.left else 0
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from runstream.consumer.dsn import connect
     from runstream.consumer.migrations import migrate
@@ -187,6 +213,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "consume": _cmd_consume,
     "ingest": _cmd_ingest,
+    "sync": _cmd_sync,
     "migrate": _cmd_migrate,
     "query": _cmd_query,
 }

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,3 +160,23 @@ def test_bad_messages_go_to_the_dead_letter_topic_with_their_bytes(
     assert by_value[negative_step]["runstream.topic"] == topic_for(topic_prefix, "metric_steps").encode()
     assert service.sink.client.query(
         f"SELECT count() FROM {service.sink.database}.run_finishes").result_rows[0][0] == 1
+
+
+def test_an_offline_run_synced_later_arrives_whole(
+    kafka_bootstrap: str, clickhouse_dsn: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    run = runstream.init("offline", "air-gapped", spool=str(tmp_path), sample_interval=0)
+    for step in range(250):
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+    run.finish()
+    done = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "sync", str(tmp_path), "--kafka", kafka_bootstrap,
+         "--topic-prefix", topic_prefix], capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "synced 3 files" in done.stdout  # run_started, metric_steps, run_finished
+    assert not list(tmp_path.rglob("*.avro")), "synced files are removed"
+    service = ConsumerService(ConsumerSettings(kafka=kafka_bootstrap, clickhouse=clickhouse_dsn,
+                                               topic_prefix=topic_prefix))
+    stats = consume_until(service, 3)
+    assert (stats.events, stats.points) == (3, 250)

@@ -2,9 +2,11 @@
 # Local Apache Kafka (KRaft, one combined broker/controller on loopback) for tests, the demo and benchmarks.
 #
 #   deploy/local/kafka.sh fetch                 resolve the Kafka jars from Maven Central into the cache
-#   deploy/local/kafka.sh start [--dir D] [--port P]
+#   deploy/local/kafka.sh start [--dir D] [--port P] [--fresh]
 #                                               format KRaft storage, start, wait until it accepts clients;
-#                                               prints the bootstrap address (also written to D/bootstrap)
+#                                               prints the bootstrap address (also written to D/bootstrap).
+#                                               A broker started before in D restarts with its data and
+#                                               ports; --fresh wipes them first
 #   deploy/local/kafka.sh stop [--dir D]        stop the broker started in D
 #   deploy/local/kafka.sh status [--dir D]      exit 0 when the broker in D is running
 #
@@ -19,6 +21,7 @@ kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$her
 jars="$cache/kafka-$kafka_version/libs"
 dir="$cache/kafka-run"
 port=""
+fresh=""
 start_timeout="${KAFKA_START_TIMEOUT:-90}"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
@@ -26,6 +29,9 @@ die() { echo "kafka.sh: $*" >&2; exit 1; }
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
+
+java_opts=(${KAFKA_HEAP_OPTS:--Xms128m -Xmx768m} -XX:+UseG1GC -Djava.awt.headless=true
+           -Dlog4j2.configurationFile="$here/log4j2.yaml")
 
 fetch() {
   if [[ -f "$jars/.complete" ]]; then
@@ -58,6 +64,16 @@ start() {
     cat "$dir/bootstrap"
     return 0
   fi
+  if [[ -n "$fresh" ]]; then
+    rm -rf "$dir/data" "$dir/server.properties"
+  fi
+  if [[ -f "$dir/server.properties" && -f "$dir/data/meta.properties" ]]; then
+    # A restart: same ports, same log directory, no formatting.
+    port="$(sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\)$|\1|p' "$dir/server.properties")"
+    [[ -n "$port" ]] || die "cannot read the port from $dir/server.properties; use --fresh"
+    launch
+    return 0
+  fi
   [[ -n "$port" ]] || port="$(free_port)"
   local controller_port
   controller_port="$(free_port)"
@@ -87,13 +103,16 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 message.max.bytes=16777216
 PROPS
-  local java_opts=(${KAFKA_HEAP_OPTS:--Xms128m -Xmx768m} -XX:+UseG1GC -Djava.awt.headless=true
-                   -Dlog4j2.configurationFile="$here/log4j2.yaml")
   local cluster_id
   cluster_id="$(java -cp "$jars/*" kafka.tools.StorageTool random-uuid)" || die "StorageTool random-uuid failed"
   java "${java_opts[@]}" -cp "$jars/*" kafka.tools.StorageTool format \
       -t "$cluster_id" -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
     || { cat "$dir/format.log" >&2; die "formatting KRaft storage failed"; }
+  launch
+}
+
+launch() {
+  [[ -f "$dir/kafka.log" ]] && mv "$dir/kafka.log" "$dir/kafka.previous.log"
   setsid java "${java_opts[@]}" -cp "$jars/*" kafka.Kafka "$dir/server.properties" \
       > "$dir/kafka.log" 2>&1 < /dev/null &
   echo $! > "$dir/kafka.pid"
@@ -139,6 +158,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
+    --fresh) fresh=1; shift ;;
     *) die "unknown option $1" ;;
   esac
 done

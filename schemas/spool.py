@@ -1,4 +1,8 @@
-"""Reads spooled runs: Avro object container files written by the producer's spool sink."""
+"""The spool format: Avro object container files, `<spool>/<run_id>/<event_type>.<segment>.avro`.
+
+The producer's spool sink writes them (as `.avro.open` until a run's files are sealed); `runstream
+ingest` loads them into ClickHouse and `runstream sync` uploads them to Kafka. Any Avro tool reads them.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from typing import Any
 
 import fastavro
 
-from runstream.schemas import EVENT_TYPES
+from runstream.schemas.catalogue import EVENT_TYPES
 
 SPOOL_SUFFIX = ".avro"
+OPEN_SUFFIX = ".avro.open"
 
 
 def spool_files(folder: Path) -> list[Path]:
