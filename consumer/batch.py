@@ -16,8 +16,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "runs": (
         "run_id", "project", "run_name", "user", "host", "started_at", "git_commit", "git_branch",
         "git_dirty", "tags", "framework_versions", "command_line", "cpu_model", "cpu_count",
-        "memory_bytes", "gpu_count", "data_versions", "event_id",
+        "memory_bytes", "gpu_count", "data_versions", "event_id", "git_diff_sha256", "rank", "local_rank",
+        "world_size", "scheduler", "resumed",
     ),
+    "run_data_versions": ("run_id", "name", "version", "uri", "digest", "logged_at"),
     "run_params": ("run_id", "key", "value_type", "value_number", "value_string", "updated_at"),
     "metric_points": ("run_id", "metric", "step", "value", "time"),
     "gpu_samples": (
@@ -99,18 +101,36 @@ class Batch:
             ("cpu_count", hw["cpu_count"]), ("memory_bytes", hw["memory_bytes"]),
             ("gpu_count", len(hw["gpus"])),
             ("data_versions", [(d["name"], d["version"], d["uri"], d["digest"]) for d in r["data_versions"]]),
-            ("event_id", r["event_id"]),
+            ("event_id", r["event_id"]), ("git_diff_sha256", git["diff_sha256"]), ("rank", r["rank"]),
+            ("local_rank", r["local_rank"]), ("world_size", r["world_size"]), ("scheduler", r["scheduler"]),
+            ("resumed", r["resumed"]),
         ):
             cols[name].append(value)
-        params = self.columns["run_params"]
-        for param in r["params"]:
+        self._add_params(r["run_id"], r["params"], r["timestamp_us"])
+        self._add_data_versions(r["run_id"], r["data_versions"], r["timestamp_us"])
+
+    def _add_run_updated(self, r: dict[str, Any], _now: int) -> None:
+        self._add_params(r["run_id"], r["params"], r["timestamp_us"])
+        self._add_data_versions(r["run_id"], r["data_versions"], r["timestamp_us"])
+
+    def _add_params(self, run_id: str, params: list[dict[str, Any]], time_us: int) -> None:
+        cols = self.columns["run_params"]
+        for param in params:
             value_type, number, text = _param_columns(param["value"])
-            params["run_id"].append(r["run_id"])
-            params["key"].append(param["key"])
-            params["value_type"].append(value_type)
-            params["value_number"].append(number)
-            params["value_string"].append(text)
-            params["updated_at"].append(r["timestamp_us"])
+            cols["run_id"].append(run_id)
+            cols["key"].append(param["key"])
+            cols["value_type"].append(value_type)
+            cols["value_number"].append(number)
+            cols["value_string"].append(text)
+            cols["updated_at"].append(time_us)
+
+    def _add_data_versions(self, run_id: str, versions: list[dict[str, Any]], time_us: int) -> None:
+        cols = self.columns["run_data_versions"]
+        for version in versions:
+            cols["run_id"].append(run_id)
+            for name in ("name", "version", "uri", "digest"):
+                cols[name].append(version[name])
+            cols["logged_at"].append(time_us)
 
     def _add_metric_steps(self, r: dict[str, Any], now_us: int) -> None:
         names = r["metric_names"]

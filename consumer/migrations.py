@@ -127,6 +127,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "run_started v2 (distributed ranks, scheduler ids, diff hash, resume) and run_updated",
+        (
+            """
+            ALTER TABLE {db}.runs
+                ADD COLUMN IF NOT EXISTS git_diff_sha256 Nullable(String),
+                ADD COLUMN IF NOT EXISTS rank Nullable(Int32),
+                ADD COLUMN IF NOT EXISTS local_rank Nullable(Int32),
+                ADD COLUMN IF NOT EXISTS world_size Nullable(Int32),
+                ADD COLUMN IF NOT EXISTS scheduler Map(String, String),
+                ADD COLUMN IF NOT EXISTS resumed Bool DEFAULT false
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {db}.run_data_versions (
+                run_id String,
+                name String,
+                version Nullable(String),
+                uri Nullable(String),
+                digest Nullable(String),
+                logged_at DateTime64(6, 'UTC')
+            ) ENGINE = ReplacingMergeTree(logged_at)
+            ORDER BY (run_id, name)
+            """,
+        ),
+    ),
 )
 
 _LEDGER = """

@@ -23,6 +23,32 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+#: Namespace for run ids derived from a launcher's job id, so every rank of one job agrees on it.
+_SHARED_RUN_NAMESPACE = uuid.UUID("6f1c9d1e-8a57-4c8e-9b0e-3b7d2f3c1a90")
+
+
+def resolve_run_id(resume: str | None, world_size: int | None) -> str:
+    """The run id: the one resumed, else RUNSTREAM_RUN_ID, else one shared by all ranks of a job, else new.
+
+    Ranks of one distributed job must log into one run; they derive its id from the launcher's
+    job identity (torchrun's TORCHELASTIC_RUN_ID, SLURM's job and step ids) when no id is given.
+    """
+    explicit = resume or os.environ.get("RUNSTREAM_RUN_ID")
+    if explicit:
+        try:
+            return str(uuid.UUID(explicit))
+        except ValueError:
+            raise ValueError(f"run id {explicit!r}: expected a UUID such as one printed by runstream") from None
+    if world_size is not None and world_size > 1:
+        job = os.environ.get("TORCHELASTIC_RUN_ID")
+        if not job or job == "none":
+            slurm = os.environ.get("SLURM_JOB_ID")
+            job = f"slurm:{slurm}.{os.environ.get('SLURM_STEP_ID', '')}" if slurm else None
+        if job:
+            return str(uuid.uuid5(_SHARED_RUN_NAMESPACE, job))
+    return uuid7()
+
+
 def event_id() -> str:
     return str(uuid.uuid4())
 

@@ -7,6 +7,7 @@ Framework versions come from installed package metadata, never by importing the 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import platform
 import socket
@@ -40,13 +41,59 @@ def _git(*args: str) -> str | None:
 
 
 def git_info() -> dict[str, Any]:
-    """Commit, branch and dirty flag of the repository the job runs in, or nulls outside one."""
+    """Commit, branch, dirty flag and (when dirty) the diff's hash of the repository the job runs in."""
     commit = _git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "branch": None, "dirty": None}
+        return {"commit": None, "branch": None, "dirty": None, "diff_sha256": None}
     branch = _git("rev-parse", "--abbrev-ref", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "branch": branch, "dirty": bool(status) if status is not None else None}
+    dirty = bool(status) if status is not None else None
+    diff_hash = None
+    if dirty:
+        diff = _git("diff", "HEAD")
+        diff_hash = hashlib.sha256(diff.encode()).hexdigest() if diff is not None else None
+    return {"commit": commit, "branch": branch, "dirty": dirty, "diff_sha256": diff_hash}
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return None
+
+
+def distributed() -> dict[str, int | None]:
+    """Rank, local rank and world size from torchrun / torch.distributed or SLURM variables."""
+    return {
+        "rank": _env_int("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"),
+        "local_rank": _env_int("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"),
+        "world_size": _env_int("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"),
+    }
+
+
+#: Scheduler identifiers worth keeping, by the environment variable that carries them.
+SCHEDULER_VARIABLES = {
+    "slurm_job_id": "SLURM_JOB_ID",
+    "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+    "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
+    "slurm_step_id": "SLURM_STEP_ID",
+    "slurm_cluster": "SLURM_CLUSTER_NAME",
+    "torchelastic_run_id": "TORCHELASTIC_RUN_ID",
+    "k8s_pod": "POD_NAME",
+    "k8s_namespace": "POD_NAMESPACE",
+    "k8s_node": "NODE_NAME",
+    "kubernetes_service_host": "KUBERNETES_SERVICE_HOST",
+}
+
+
+def scheduler_ids() -> dict[str, str]:
+    """The identifiers present; inside Kubernetes the pod name defaults to the host name."""
+    found = {key: os.environ[var] for key, var in SCHEDULER_VARIABLES.items() if os.environ.get(var)}
+    if "kubernetes_service_host" in found:
+        found.setdefault("k8s_pod", host_name())
+        del found["kubernetes_service_host"]
+    return found
 
 
 def framework_versions() -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 from runstream.producer import lifecycle, metadata
 from runstream.producer.gpu import GPU_FIELDS, NvmlGpus
 from runstream.producer.host import HostReader
-from runstream.producer.ids import event_id, run_name, uuid7
+from runstream.producer.ids import event_id, resolve_run_id, run_name
 from runstream.producer.params import check_key, flatten_params, param_records
 from runstream.producer.settings import ProducerSettings
 from runstream.producer.sinks import EventSink, KafkaSink, SpoolSink
@@ -74,13 +74,22 @@ class Run:
         config: Mapping[str, Any] | None = None,
         settings: ProducerSettings | None = None,
         gpus: NvmlGpus | None = None,
+        resume: str | None = None,
     ) -> None:
         """`gpus` is the NVML source (tests without a GPU pass a fake); by default pynvml is used
-        when sampling is on (`settings.sample_interval_s` > 0)."""
+        when sampling is on (`settings.sample_interval_s` > 0). `resume` continues an earlier run id.
+
+        In distributed training every rank samples its GPUs into the same run, but only rank 0
+        records the run's start, params, metrics and end (unless `settings.log_all_ranks`).
+        """
         if not isinstance(project, str) or not project.strip():
             raise ValueError(f"project: expected a non-empty string, got {project!r}")
         self.settings = settings or ProducerSettings.resolve()
-        self.run_id = uuid7()
+        self.distributed = metadata.distributed()
+        rank = self.distributed["rank"]
+        self.is_lead = rank in (None, 0) or self.settings.log_all_ranks
+        self.resumed = resume is not None
+        self.run_id = resolve_run_id(resume, self.distributed["world_size"])
         self.project = project
         self.name = name or run_name()
         flat = flatten_params(config)
@@ -98,7 +107,8 @@ class Run:
                 self._emit_system_sample, self.settings.sample_interval_s, gpus or NvmlGpus(), _host_reader()
             )
         inventory = self._sampler.gpus.inventory() if self._sampler else (gpus.inventory() if gpus else None)
-        self._worker.put(("event", "run_started", self.run_id, self._started_record(inventory)))
+        if self.is_lead:
+            self._worker.put(("event", "run_started", self.run_id, self._started_record(inventory)))
         _active_runs.append(self)
         if self._sampler is not None:
             self._sampler.start()
@@ -123,7 +133,45 @@ class Run:
             "hardware": {**metadata.hardware(), **(gpu_inventory or {})},
             "framework_versions": metadata.framework_versions(),
             "command_line": metadata.command_line(),
+            **self.distributed,
+            "scheduler": metadata.scheduler_ids(),
+            "resumed": self.resumed,
         }
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Add or change params after the start (nested dicts flattened, types kept); a later value wins."""
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        flat = flatten_params(params)
+        if not flat or not self.is_lead:
+            return
+        self.params.update(flat)
+        self._put_update(params=param_records(flat))
+
+    def log_data_version(
+        self, name: str, *, version: str | None = None, uri: str | None = None, digest: str | None = None
+    ) -> None:
+        """Record which version of a data set the run read (see `runstream.hash_path` for a digest)."""
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"data version name: expected a non-empty string, got {name!r}")
+        for field_name, value in (("version", version), ("uri", uri), ("digest", digest)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"data version {name!r}: {field_name} must be a string, got {type(value).__name__}")
+        if self.is_lead:
+            self._put_update(data_versions=[{"name": name, "version": version, "uri": uri, "digest": digest}])
+
+    def _put_update(self, *, params: list[dict[str, Any]] | None = None,
+                    data_versions: list[dict[str, Any]] | None = None) -> None:
+        record = {
+            "event_id": event_id(),
+            "run_id": self.run_id,
+            "timestamp_us": _now_us(),
+            "params": params or [],
+            "data_versions": data_versions or [],
+        }
+        self._worker.put(("event", "run_updated", self.run_id, record))
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record metric values at a step (the next step after the last one when omitted).
@@ -133,6 +181,8 @@ class Run:
         """
         if self.finished:
             raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        if not self.is_lead:
+            return
         if step is None:
             step = self._step
         elif type(step) is not int:
@@ -211,7 +261,10 @@ class Run:
             "summary": self._worker.last_values(self.run_id),
         }
         self.finished = True
-        self._worker.put(("event", "run_finished", self.run_id, record))
+        if self.is_lead:
+            self._worker.put(("event", "run_finished", self.run_id, record))
+        else:
+            self._worker.put(("close", self.run_id))
         undelivered = self._worker.flush()
         if undelivered:
             log.error("runstream: run %s finished with %d events undelivered", self.run_id, undelivered)
@@ -267,17 +320,19 @@ def init(
     spool: str | None = None,
     topic_prefix: str | None = None,
     sample_interval: float | None = None,
+    resume: str | None = None,
 ) -> Run:
     """Start a run. `config` (nested, e.g. a Hydra config) and `params` are both recorded as params.
 
     Events go to Kafka when `kafka` or `RUNSTREAM_KAFKA` names bootstrap servers, else to the
     spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool). GPUs and the host are
     sampled every `sample_interval` seconds (`RUNSTREAM_SAMPLE_INTERVAL`, default 5; 0 turns it off).
+    `resume=RUN_ID` continues an earlier run: same id, its start recorded again as resumed.
     """
     settings = ProducerSettings.resolve(
         kafka=kafka, spool=spool, topic_prefix=topic_prefix, sample_interval_s=sample_interval
     )
-    return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings)
+    return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings, resume=resume)
 
 
 def _finish_all(status: str, error: str | None) -> None:

@@ -30,6 +30,7 @@ class ProducerSettings:
     flush_timeout_s: float = 30.0
     sample_interval_s: float = 5.0
     delivery_timeout_s: float = 30.0
+    log_all_ranks: bool = False
 
     def __post_init__(self) -> None:
         if self.flush_interval_s <= 0:

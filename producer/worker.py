@@ -20,7 +20,8 @@ from runstream.producer.sinks import EventSink
 
 log = logging.getLogger(__name__)
 
-# Queue items: ("points", run_id, step, time_us, {name: value}) or ("event", event_type, run_id, record)
+# Queue items: ("points", run_id, step, time_us, {name: value}), ("event", event_type, run_id, record),
+# or ("close", run_id) for a run that ends without a run_finished event of its own.
 QueueItem = tuple[Any, ...]
 
 #: How long `put` waits for room in a full queue before it drops and counts the item.
@@ -167,6 +168,13 @@ class EventWorker:
                     if len(columns) >= limit:
                         self._send("metric_steps", run_id, columns.to_record(run_id))
                         del pending[run_id]
+                elif item[0] == "close":  # a run that ends without a run_finished event (ranks > 0)
+                    run_id = item[1]
+                    columns = pending.pop(run_id, None)
+                    if columns is not None:
+                        self._send("metric_steps", run_id, columns.to_record(run_id))
+                    self._last_values.pop(run_id, None)
+                    self._sink.close_run(run_id)
                 else:
                     _, event_type, run_id, record = item
                     columns = pending.pop(run_id, None)

@@ -7,6 +7,7 @@
 """
 
 from runstream.producer import ProducerSettings, Run, init
+from runstream.producer.data_versions import hash_path
 
 __version__ = "0.1.0"
-__all__ = ["ProducerSettings", "Run", "__version__", "init"]
+__all__ = ["ProducerSettings", "Run", "__version__", "hash_path", "init"]

@@ -19,7 +19,7 @@ from fastavro.schema import to_parsing_canonical_form
 from runstream.schemas.fingerprint import fingerprint_bytes
 
 #: Event types of contract v1, in the order a run emits them. New types are added at the end.
-EVENT_TYPES = ("run_started", "metric_steps", "gpu_samples", "run_finished")
+EVENT_TYPES = ("run_started", "metric_steps", "gpu_samples", "run_finished", "run_updated")
 
 _FILE_NAME = re.compile(r"^(?P<event_type>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
 

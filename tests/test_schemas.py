@@ -22,14 +22,17 @@ def sample(event_type: str) -> dict[str, object]:
             "params": [{"key": "lr", "value": 0.1}, {"key": "layers", "value": 4}, {"key": "opt", "value": "adam"},
                        {"key": "amp", "value": True}, {"key": "none", "value": None}],
             "tags": {"team": "vision"},
-            "git": {"commit": "abc", "branch": "main", "dirty": False},
+            "git": {"commit": "abc", "branch": "main", "dirty": True, "diff_sha256": "ab" * 32},
             "data_versions": [{"name": "imagenet", "version": "v2", "uri": None, "digest": "sha256:00"}],
             "hardware": {"cpu_model": "x", "cpu_count": 2, "memory_bytes": 1, "gpu_driver_version": None,
                          "cuda_version": None, "gpus": [{"index": 0, "uuid": "GPU-1", "model": "H100",
                                                          "memory_total_bytes": 80}]},
             "framework_versions": {"python": "3.11"},
             "command_line": ["python", "train.py"],
+            "rank": 0, "local_rank": 0, "world_size": 8, "scheduler": {"slurm_job_id": "42"}, "resumed": False,
         },
+        "run_updated": {"params": [{"key": "lr", "value": 0.05}],
+                        "data_versions": [{"name": "val", "version": None, "uri": "s3://b/val", "digest": None}]},
         "metric_steps": {"metric_names": ["loss", "acc"], "metric_index": [0, 1, 0], "steps": [1, 1, 2],
                          "values": [0.5, float("inf"), -1.0], "times_us": [1, 2, 3]},
         "gpu_samples": {"host": "h", "samples": [{"time_us": 1, "gpu_index": 0, "gpu_uuid": "GPU-1",
@@ -149,3 +152,15 @@ def test_catalogue_rejects_two_versions_with_one_fingerprint() -> None:
     clash = SchemaVersion.from_json("gpu_samples", 9, json.loads(json.dumps(version.raw)))
     with pytest.raises(ValueError, match="same fingerprint"):
         catalogue.register(clash)
+
+
+def test_bundled_run_started_v1_events_read_as_v2() -> None:
+    catalogue = bundled_catalogue()
+    v1 = next(v for v in catalogue.versions() if v.event_type == "run_started" and v.version == 1)
+    old = sample("run_started")
+    for name in ("rank", "local_rank", "world_size", "scheduler", "resumed"):
+        del old[name]
+    old["git"] = {"commit": "abc", "branch": "main", "dirty": False}
+    _, record = Decoder(catalogue).decode(Encoder(Catalogue([v1])).encode("run_started", old))
+    assert record["resumed"] is False and record["scheduler"] == {} and record["rank"] is None
+    assert record["git"] == {"commit": "abc", "branch": "main", "dirty": False, "diff_sha256": None}
