@@ -10,6 +10,9 @@ import json
 import time
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is rejected
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -64,12 +67,44 @@ class Batch:
         }
         self.events = 0
         self.points = 0
+        # Metric points stay as each event's arrays until the insert: no Python object per point.
+        self._metric_events: list[tuple[str, list[str], Any, Any, Any, Any]] = []
 
     def __len__(self) -> int:
         return self.events
 
     def rows(self, table: str) -> int:
+        if table == "metric_points":
+            return self.points
         return len(self.columns[table][TABLE_COLUMNS[table][0]])
+
+    def metric_points_table(self) -> pa.Table:
+        """The batch's metric points as an Arrow table: run ids and metric names dictionary-encoded
+        from the events' own name tables and indices, numbers concatenated array by array."""
+        run_ids: dict[str, int] = {}
+        metric_ids: dict[str, int] = {}
+        run_index, metric_index, steps, values, times = [], [], [], [], []
+        for run_id, names, index, event_steps, event_values, event_times in self._metric_events:
+            run_index.append(np.full(len(event_steps), run_ids.setdefault(run_id, len(run_ids)), dtype=np.int32))
+            remap = np.array([metric_ids.setdefault(name, len(metric_ids)) for name in names], dtype=np.int32)
+            metric_index.append(remap[index] if len(index) else np.empty(0, np.int32))
+            steps.append(event_steps)
+            values.append(event_values)
+            times.append(event_times)
+
+        def joined(parts: list[np.ndarray[Any, Any]], dtype: Any) -> np.ndarray[Any, Any]:
+            return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+        def dictionary(indices: list[np.ndarray[Any, Any]], names: dict[str, int]) -> pa.DictionaryArray:
+            return pa.DictionaryArray.from_arrays(pa.array(joined(indices, np.int32)), pa.array(list(names), pa.string()))
+
+        return pa.table({
+            "run_id": dictionary(run_index, run_ids),
+            "metric": dictionary(metric_index, metric_ids),
+            "step": pa.array(joined(steps, np.int64)),
+            "value": pa.array(joined(values, np.float64)),
+            "time": pa.array(joined(times, np.int64)).cast(pa.timestamp("us", tz="UTC")),
+        })
 
     def add(self, event_type: str, record: dict[str, Any], now_us: int | None = None) -> None:
         """Validate and append one event; raise InvalidEvent (nothing appended) when it breaks a rule."""
@@ -134,30 +169,27 @@ class Batch:
 
     def _add_metric_steps(self, r: dict[str, Any], now_us: int) -> None:
         names = r["metric_names"]
-        index = r["metric_index"]
-        steps = r["steps"]
+        index = np.asarray(r["metric_index"], dtype=np.int64)
+        steps = np.asarray(r["steps"], dtype=np.int64)
+        values = np.asarray(r["values"], dtype=np.float64)
+        times = np.asarray(r["times_us"], dtype=np.int64)
         n = len(steps)
-        if not (len(index) == len(r["values"]) == len(r["times_us"]) == n):
+        if not (len(index) == len(values) == len(times) == n):
             raise InvalidEvent(
                 "ragged_columns",
                 f"metric_steps of run {r['run_id']}: column lengths differ "
-                f"(steps {n}, metric_index {len(index)}, values {len(r['values'])}, times_us {len(r['times_us'])})",
+                f"(steps {n}, metric_index {len(index)}, values {len(values)}, times_us {len(times)})",
             )
-        if n and min(steps) < 0:
-            raise InvalidEvent("negative_step", f"metric_steps of run {r['run_id']}: step {min(steps)} < 0")
-        if n and (min(index) < 0 or max(index) >= len(names)):
+        if n and int(steps.min()) < 0:
+            raise InvalidEvent("negative_step", f"metric_steps of run {r['run_id']}: step {int(steps.min())} < 0")
+        if n and (int(index.min()) < 0 or int(index.max()) >= len(names)):
             raise InvalidEvent(
                 "bad_metric_index",
                 f"metric_steps of run {r['run_id']}: metric_index outside 0..{len(names) - 1}",
             )
-        if n and max(r["times_us"]) > now_us + MAX_FUTURE_US:
+        if n and int(times.max()) > now_us + MAX_FUTURE_US:
             raise InvalidEvent("future_timestamp", f"metric_steps of run {r['run_id']}: a point is in the future")
-        cols = self.columns["metric_points"]
-        cols["run_id"].extend([r["run_id"]] * n)
-        cols["metric"].extend([names[i] for i in index])
-        cols["step"].extend(steps)
-        cols["value"].extend(r["values"])
-        cols["time"].extend(r["times_us"])
+        self._metric_events.append((r["run_id"], names, index, steps, values, times))
         self.points += n
 
     def _add_gpu_samples(self, r: dict[str, Any], _now: int) -> None:

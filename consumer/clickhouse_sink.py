@@ -29,6 +29,10 @@ class ClickHouseSink:
             rows = batch.rows(table)
             if not rows:
                 continue
+            if table == "metric_points":
+                self.client.insert_arrow(f"{self.database}.{table}", batch.metric_points_table())
+                self.rows_written[table] += rows
+                continue
             columns = batch.columns[table]
             self.client.insert(
                 f"{self.database}.{table}",

@@ -53,6 +53,7 @@ class ConsumeStats:
     batches: int = 0
     dead_letters: int = 0
     rows: dict[str, int] = field(default_factory=dict)
+    first_message_at: float | None = None  # time.monotonic() of the first message, for throughput figures
 
 
 class ConsumerService:
@@ -94,6 +95,8 @@ class ConsumerService:
                 now = time.monotonic()
                 if messages:
                     last_message = now
+                    if self.stats.first_message_at is None:
+                        self.stats.first_message_at = now
                 for message in messages:
                     if not held:
                         opened = now
