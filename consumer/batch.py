@@ -96,7 +96,8 @@ class Batch:
             return np.concatenate(parts) if parts else np.empty(0, dtype)
 
         def dictionary(indices: list[np.ndarray[Any, Any]], names: dict[str, int]) -> pa.DictionaryArray:
-            return pa.DictionaryArray.from_arrays(pa.array(joined(indices, np.int32)), pa.array(list(names), pa.string()))
+            codes = pa.array(joined(indices, np.int32))
+            return pa.DictionaryArray.from_arrays(codes, pa.array(list(names), pa.string()))
 
         return pa.table({
             "run_id": dictionary(run_index, run_ids),

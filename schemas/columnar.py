@@ -108,7 +108,7 @@ class _Reader:
 
     def array(self, read_block: Any) -> list[Any]:
         """Blocks until the zero count; a negative count is followed by the block's byte size."""
-        blocks = []
+        blocks: list[Any] = []
         while True:
             count = self.long()
             if count == 0:
