@@ -1,4 +1,4 @@
-"""The `runstream` command: demo, consume, ingest, sync, migrate, query.
+"""The `runstream` command: demo, run, consume, ingest, sync, migrate, query.
 
 Every option that names a service also reads an environment variable (shown in --help), so the
 same command works in a shell, a container or a Kubernetes pod.
@@ -46,6 +46,23 @@ def _add_topic_prefix(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_RUN_DESCRIPTION = """\
+Start a run, run COMMAND as a child process and end the run the way COMMAND ended:
+  ok       COMMAND exited 0
+  failed   COMMAND exited non-zero (recorded as the run's exit_code)
+  killed   COMMAND died of a signal, or this wrapper got SIGTERM/SIGINT (it forwards both to COMMAND)
+The run records COMMAND as its command line; GPUs and the host are sampled as for any run.
+COMMAND's stdout and stderr pass through unchanged; with --metric-pattern, matching stdout lines
+become metric points. Exits with COMMAND's exit code (128+N when COMMAND died of signal N).
+"""
+
+_RUN_EXAMPLE = r"""example:
+  runstream run --project vision --param lr=3e-4 --param epochs=10 --tag baseline \
+      --metric-pattern 'step=(?P<step>\d+) loss=(?P<loss>[0-9.eE+-]+) acc=(?P<acc>[0-9.]+)' \
+      -- python train.py --lr 3e-4
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runstream",
@@ -71,6 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
                       help="spool folder for the offline path (default: a new temporary folder)")
     _add_clickhouse(demo)
     _add_topic_prefix(demo)
+
+    run = commands.add_parser(
+        "run",
+        help="track any command (an unmodified training script) as a run",
+        usage="%(prog)s [OPTIONS] -- COMMAND [ARGS...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_RUN_DESCRIPTION,
+        epilog=_RUN_EXAMPLE,
+    )
+    run.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    run.add_argument("--name", default=None, help="run name (default: a generated one)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a hyperparameter to record, repeatable; the value is typed from its text: 10 is an "
+                     "int, 0.01 and 3e-4 floats, true/false bools, anything else a string")
+    run.add_argument("--tag", action="append", default=[], metavar="TAG",
+                     help="a tag, repeatable: NAME, or NAME=VALUE")
+    run.add_argument("--metric-pattern", default=None, metavar="REGEX",
+                     help="Python regular expression searched in each stdout line; its named groups are "
+                     "metric values, the group 'step' (optional) the integer step. A matching line with a "
+                     "non-numeric value is reported once on stderr and skipped")
+    run.add_argument("--kafka", default=None, metavar="HOST:PORT",
+                     help="send events to these bootstrap servers [env RUNSTREAM_KAFKA]; without it the run "
+                     "is offline and spooled")
+    _add_topic_prefix(run)
+    run.add_argument("--spool", type=Path, default=None, metavar="DIR",
+                     help="spool folder for offline runs and Kafka outages [env RUNSTREAM_SPOOL] "
+                     "(default ~/.runstream/spool)")
+    run.add_argument("--sample-interval", type=float, default=None, metavar="SECONDS",
+                     help="seconds between GPU and host samples, 0 for none [env RUNSTREAM_SAMPLE_INTERVAL] "
+                     "(default 5)")
+    run.add_argument("wrapped", nargs=argparse.REMAINDER, metavar="COMMAND",
+                     help="the command to run and its arguments, after '--'")
 
     consume = commands.add_parser(
         "consume",
@@ -144,6 +193,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from runstream.producer.command_wrapper import parse_params, parse_tags, run_command
+    from runstream.producer.settings import ProducerSettings
+
+    command = list(args.wrapped)  # not args.command: that names the subcommand
+    if command and command[0] == "--":  # argparse keeps the separator in a REMAINDER argument
+        command = command[1:]
+    settings = ProducerSettings.resolve(kafka=args.kafka, spool=args.spool, topic_prefix=args.topic_prefix,
+                                        sample_interval_s=args.sample_interval)
+    return run_command(
+        command, project=args.project, name=args.name, params=parse_params(args.param),
+        tags=parse_tags(args.tag), metric_pattern=args.metric_pattern, settings=settings,
+    )
+
+
 def _cmd_consume(args: argparse.Namespace) -> int:
     from runstream.consumer import ConsumerService, ConsumerSettings
 
@@ -211,6 +275,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "demo": _cmd_demo,
+    "run": _cmd_run,
     "consume": _cmd_consume,
     "ingest": _cmd_ingest,
     "sync": _cmd_sync,
