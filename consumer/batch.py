@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,7 @@ class Batch:
         }
         self.events = 0
         self.points = 0
+        self.event_counts: Counter[str] = Counter()
         # Metric points stay as each event's arrays until the insert: no Python object per point.
         self._metric_events: list[tuple[str, list[str], Any, Any, Any, Any]] = []
 
@@ -77,6 +79,9 @@ class Batch:
         if table == "metric_points":
             return self.points
         return len(self.columns[table][TABLE_COLUMNS[table][0]])
+
+    def table_rows(self) -> dict[str, int]:
+        return {table: self.rows(table) for table in TABLE_COLUMNS if self.rows(table)}
 
     def metric_points_table(self) -> pa.Table:
         """The batch's metric points as an Arrow table: run ids and metric names dictionary-encoded
@@ -123,6 +128,7 @@ class Batch:
             raise InvalidEvent("unknown_event_type", f"no table for event type {event_type!r}")
         handler(record, now_us)
         self.events += 1
+        self.event_counts[event_type] += 1
 
     def _add_run_started(self, r: dict[str, Any], _now: int) -> None:
         git = r["git"]

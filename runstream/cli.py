@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runstream import __version__
-from runstream.consumer.dsn import default_dsn, redact
+from runstream.consumer.dsn import default_dsn
 from runstream.output import FORMATS, render
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
@@ -128,21 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
         "Offsets are committed only after the batch is written; undecodable or invalid messages go to "
         "the dead-letter topic. Stops cleanly on SIGTERM/SIGINT after writing the batch in hand.",
     )
-    consume.add_argument("--kafka", default=_env("RUNSTREAM_KAFKA"), metavar="HOST:PORT",
-                         help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
-    _add_clickhouse(consume)
-    _add_topic_prefix(consume)
-    consume.add_argument("--group", default=_env("RUNSTREAM_GROUP", "runstream-consumer"),
-                         help="consumer group id (default %(default)s) [env RUNSTREAM_GROUP]")
-    consume.add_argument("--batch-max-points", type=int, default=500_000,
-                         help="write a batch once it holds this many metric points (default %(default)s)")
-    consume.add_argument("--batch-max-messages", type=int, default=20_000,
-                         help="write a batch once it holds this many messages (default %(default)s)")
-    consume.add_argument("--batch-max-wait", type=float, default=1.0, metavar="SECONDS",
-                         help="write a batch at the latest this long after its first message (default %(default)s)")
-    consume.add_argument("--partitions", type=int, default=6,
-                         help="partitions of topics this consumer creates when missing (default %(default)s)")
-    consume.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+    consume.add_argument("--config", type=Path, metavar="FILE",
+                         help="TOML file with [consumer], [kafka] (librdkafka options) and [clickhouse] "
+                         "(user, password) sections; options given here and RUNSTREAM_* variables win over it")
+    consume.add_argument("--kafka", metavar="HOST:PORT", help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
+    consume.add_argument("--clickhouse", metavar="DSN",
+                         help=f"chdb:///abs/path or http(s)://user:password@host:8123/database (default "
+                         f"{default_dsn()}) [env RUNSTREAM_CLICKHOUSE; RUNSTREAM_CLICKHOUSE_USER and "
+                         "RUNSTREAM_CLICKHOUSE_PASSWORD add credentials]")
+    consume.add_argument("--topic-prefix", help=f"prefix of the topic names (default {DEFAULT_TOPIC_PREFIX}) "
+                         "[env RUNSTREAM_TOPIC_PREFIX]")
+    consume.add_argument("--group", help="consumer group id (default runstream-consumer) [env RUNSTREAM_GROUP]")
+    consume.add_argument("--batch-max-points", type=int,
+                         help="write a batch once it holds this many metric points (default 500000)")
+    consume.add_argument("--batch-max-messages", type=int,
+                         help="write a batch once it holds this many messages (default 20000)")
+    consume.add_argument("--batch-max-wait", type=float, metavar="SECONDS",
+                         help="write a batch at the latest this long after its first message (default 1.0)")
+    consume.add_argument("--partitions", type=int,
+                         help="partitions of topics this consumer creates when missing (default 6)")
+    consume.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a librdkafka option passed through, e.g. security.protocol=SASL_SSL (repeatable; "
+                         "also RUNSTREAM_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _SASL_USERNAME, "
+                         "_SASL_PASSWORD, _SSL_CA_LOCATION)")
+    consume.add_argument("--listen", metavar="HOST:PORT",
+                         help="serve /metrics, /healthz and /readyz here, e.g. :9108 [env RUNSTREAM_LISTEN]")
+    consume.add_argument("--idle-exit", type=float, metavar="SECONDS",
                          help="exit after this long without messages (default: run until signalled)")
 
     ingest = commands.add_parser(
@@ -208,24 +219,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_consume(args: argparse.Namespace) -> int:
-    from runstream.consumer import ConsumerService, ConsumerSettings
+def _kafka_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--kafka-option {pair.split('=')[0]!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    return options
 
-    if not args.kafka:
-        raise SystemExit("runstream consume: --kafka (or RUNSTREAM_KAFKA) is required")
-    settings = ConsumerSettings(
-        kafka=args.kafka, clickhouse=args.clickhouse, topic_prefix=args.topic_prefix, group_id=args.group,
-        batch_max_points=args.batch_max_points, batch_max_messages=args.batch_max_messages,
-        batch_max_wait_s=args.batch_max_wait, partitions=args.partitions,
-    )
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from runstream.consumer import ConsumerService
+    from runstream.consumer.config import load_consumer_config
+    from runstream.consumer.health_server import HealthServer
+
+    given = {
+        "kafka": args.kafka, "clickhouse": args.clickhouse, "topic_prefix": args.topic_prefix, "group": args.group,
+        "batch_max_points": args.batch_max_points, "batch_max_messages": args.batch_max_messages,
+        "batch_max_wait": args.batch_max_wait, "partitions": args.partitions, "listen": args.listen,
+        "idle_exit": args.idle_exit,
+    }
+    config = load_consumer_config(given, os.environ, args.config, _kafka_options(args.kafka_option))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("consuming %s* from %s into %s", args.topic_prefix, args.kafka, redact(args.clickhouse))
-    stats = ConsumerService(settings).run(stop, idle_exit_s=args.idle_exit)
+    log.info("consumer configuration: %s", config.describe())
+    service = ConsumerService(config.settings)
+    server = None
+    if config.listen:
+        server = HealthServer(config.listen, service.metrics.registry, alive=service.alive, ready=service.ready)
+        server.start()
+        print(f"serving /metrics, /healthz, /readyz on port {server.port}", flush=True)
+    try:
+        stats = service.run(stop, idle_exit_s=config.idle_exit)
+    finally:
+        if server is not None:
+            server.stop()
     print(
         f"consumed {stats.messages} messages: {stats.events} events, {stats.points} metric points, "
-        f"{stats.dead_letters} dead letters, {stats.batches} batches"
+        f"{stats.dead_letters} dead letters, {stats.batches} batches", flush=True
     )
     return 0
 
@@ -273,6 +306,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+try:  # the consumer's fatal Kafka errors are reported like the others
+    from confluent_kafka import KafkaException as KafkaError
+except ImportError:  # pragma: no cover - confluent-kafka is a dependency
+    KafkaError = RuntimeError  # type: ignore[assignment,misc]
+
+
 COMMANDS = {
     "demo": _cmd_demo,
     "run": _cmd_run,
@@ -292,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError, KafkaError) as error:
         print(f"runstream {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,41 @@
+"""The consumer's Prometheus metrics, on a registry of its own so tests and processes never share one."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("runstream_consumer_messages", "Kafka messages consumed", ["topic"], registry=r)
+        self.events = Counter("runstream_consumer_events", "Events stored, by type", ["event_type"], registry=r)
+        self.points = Counter("runstream_consumer_metric_points", "Metric points stored", registry=r)
+        self.rows = Counter("runstream_consumer_rows_inserted", "Rows inserted, by table", ["table"], registry=r)
+        self.dead_letters = Counter(
+            "runstream_consumer_dead_letters", "Messages sent to the dead-letter topic, by reason", ["reason"],
+            registry=r,
+        )
+        self.batch_messages = Histogram(
+            "runstream_consumer_batch_messages", "Messages per written batch",
+            buckets=(1, 10, 100, 1_000, 5_000, 20_000, 100_000), registry=r,
+        )
+        self.batch_points = Histogram(
+            "runstream_consumer_batch_points", "Metric points per written batch",
+            buckets=(0, 1_000, 10_000, 100_000, 500_000, 1_000_000, 5_000_000), registry=r,
+        )
+        self.insert_seconds = Histogram(
+            "runstream_consumer_insert_seconds", "Time to write one batch to ClickHouse",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+        )
+        self.write_retries = Counter(
+            "runstream_consumer_write_retries", "Batch writes or commits that failed and were retried", registry=r
+        )
+        self.lag = Gauge(
+            "runstream_consumer_lag", "Messages behind the partition's high watermark", ["topic", "partition"],
+            registry=r,
+        )
+        self.last_commit = Gauge(
+            "runstream_consumer_last_commit_timestamp_seconds", "Unix time of the last successful commit", registry=r
+        )
