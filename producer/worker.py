@@ -31,25 +31,28 @@ FULL_QUEUE_WAIT_S = 0.5
 class _PointColumns:
     """Metric points of one run not yet sent, column by column."""
 
-    __slots__ = ("names", "metric_index", "steps", "values", "times_us")
+    __slots__ = ("names", "layouts", "metric_index", "steps", "values", "times_us")
 
     def __init__(self) -> None:
         self.names: dict[str, int] = {}
+        # A training loop logs the same keys step after step: map each key tuple to its indices once.
+        self.layouts: dict[tuple[str, ...], list[int]] = {}
         self.metric_index: list[int] = []
         self.steps: list[int] = []
         self.values: list[float] = []
         self.times_us: list[int] = []
 
     def add(self, step: int, time_us: int, metrics: dict[str, float]) -> None:
-        names = self.names
-        for name, value in metrics.items():
-            index = names.get(name)
-            if index is None:
-                index = names[name] = len(names)
-            self.metric_index.append(index)
-            self.steps.append(step)
-            self.values.append(float(value))
-            self.times_us.append(time_us)
+        keys = tuple(metrics)
+        indices = self.layouts.get(keys)
+        if indices is None:
+            names = self.names
+            indices = self.layouts[keys] = [names.setdefault(name, len(names)) for name in keys]
+        count = len(indices)
+        self.metric_index.extend(indices)
+        self.values.extend(metrics.values())
+        self.steps.extend([step] * count)
+        self.times_us.extend([time_us] * count)
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -12,7 +12,7 @@ from typing import Any
 import fastavro
 
 from runstream.schemas.catalogue import Catalogue, SchemaVersion
-from runstream.schemas.columnar import ColumnarDecodeError, decode_metric_steps_v1
+from runstream.schemas.columnar import ColumnarDecodeError, decode_metric_steps_v1, encode_metric_steps_v1
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -40,6 +40,8 @@ class Encoder:
 
     def encode(self, event_type: str, record: dict[str, Any]) -> bytes:
         version = self._catalogue.latest(event_type)
+        if event_type == "metric_steps" and version.version == 1:
+            return MAGIC + version.fingerprint + encode_metric_steps_v1(record)
         buffer = io.BytesIO()
         buffer.write(MAGIC)
         buffer.write(version.fingerprint)

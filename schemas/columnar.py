@@ -147,3 +147,67 @@ def decode_metric_steps_v1(data: bytes, offset: int) -> dict[str, Any]:
     if reader.pos != len(data):
         raise TrailingBytesError(f"{len(data) - reader.pos} bytes left after the record")
     return record
+
+
+def _zigzag_varints(values: Any) -> bytes:
+    """Avro longs (zig-zag, base-128 varints) for a whole array at once."""
+    array = np.asarray(values, dtype=np.int64)
+    if array.size == 0:
+        return b""
+    zigzag = ((array << np.int64(1)) ^ (array >> np.int64(63))).view(np.uint64)
+    low, high = int(zigzag.min()), int(zigzag.max())
+    width_low, width_high = max(1, (low.bit_length() + 6) // 7), max(1, (high.bit_length() + 6) // 7)
+    if width_low == width_high:  # every value takes the same number of bytes: one (n, width) grid
+        grid = np.empty((array.size, width_high), dtype=np.uint8)
+        for k in range(width_high):
+            grid[:, k] = ((zigzag >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        grid[:, :-1] |= 0x80
+        return grid.tobytes()
+    groups = np.empty((array.size, 10), dtype=np.uint8)
+    remaining = zigzag.copy()
+    lengths = np.ones(array.size, dtype=np.int64)
+    for k in range(10):
+        groups[:, k] = (remaining & np.uint64(0x7F)).astype(np.uint8)
+        remaining >>= np.uint64(7)
+        if k < 9:
+            more = remaining != 0
+            lengths += more
+            groups[more, k] |= 0x80
+            if not more.any():
+                groups = groups[:, : k + 1]
+                break
+    keep = np.arange(groups.shape[1]) < lengths[:, None]
+    return groups[keep].tobytes()
+
+
+def _long(value: int) -> bytes:
+    return _zigzag_varints([value])
+
+
+def _string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return _long(len(data)) + data
+
+
+def _array(count: int, body: bytes) -> bytes:
+    return (_long(count) + body + b"\x00") if count else b"\x00"
+
+
+def encode_metric_steps_v1(record: dict[str, Any]) -> bytes:
+    """The Avro binary body of a `metric_steps` v1 record, its columns encoded array by array.
+
+    Equivalent to fastavro's output for the same record (checked in the tests), several times
+    faster on large batches, which keeps the producer's worker from competing with training.
+    """
+    names = record["metric_names"]
+    values = np.asarray(record["values"], dtype="<f8")
+    return b"".join((
+        _string(record["event_id"]),
+        _string(record["run_id"]),
+        _long(int(record["timestamp_us"])),
+        _array(len(names), b"".join(_string(name) for name in names)),
+        _array(len(record["metric_index"]), _zigzag_varints(record["metric_index"])),
+        _array(len(record["steps"]), _zigzag_varints(record["steps"])),
+        _array(len(values), values.tobytes()),
+        _array(len(record["times_us"]), _zigzag_varints(record["times_us"])),
+    ))

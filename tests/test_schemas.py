@@ -220,3 +220,33 @@ def test_columnar_metric_steps_decoder_agrees_with_fastavro_on_every_block_layou
         assert record[column].tolist() == expected[column], column
     with pytest.raises(DecodeError, match="metric_steps v1"):
         Decoder(catalogue).decode(MAGIC + version.fingerprint + body[:-40])
+
+
+def test_columnar_metric_steps_encoder_writes_exactly_what_fastavro_writes() -> None:
+    import io
+    import random
+
+    import fastavro
+
+    from runstream.schemas.columnar import encode_metric_steps_v1
+
+    rng = random.Random(5)
+    version = bundled_catalogue().latest("metric_steps")
+    edge = [0, 1, -1, 63, 64, -64, -65, 2**62, -(2**63), 2**63 - 1]
+    cases = [
+        [rng.randrange(10**6) for _ in range(300)],          # mixed widths
+        [100_000 + i for i in range(300)],                    # one width
+        edge * 30,                                            # the extremes
+        [],                                                   # empty arrays
+    ]
+    for steps in cases:
+        n = len(steps)
+        record = {
+            "event_id": "e-ü", "run_id": "r-1", "timestamp_us": -3, "metric_names": ["loss", "ä"] if n else [],
+            "metric_index": [i % 2 for i in range(n)], "steps": steps,
+            "values": [rng.choice([1, 0.25, float("nan"), float("-inf"), -1e-300]) for _ in range(n)],
+            "times_us": [1_795_680_000_000_000 + rng.randrange(10**7) for _ in range(n)],
+        }
+        expected = io.BytesIO()
+        fastavro.schemaless_writer(expected, version.parsed, record)
+        assert encode_metric_steps_v1(record) == expected.getvalue(), f"{n} points"
