@@ -1,0 +1,1 @@
+"""Analysis: comparing runs, picking the best, explaining what mattered, reproducing a run — in SQL."""
