@@ -79,3 +79,48 @@ def test_events_logged_while_the_broker_is_down_are_spooled_and_replayed(
         assert client.query(f"SELECT status FROM {db}.run_finishes FINAL").result_rows == [("ok",)]
     finally:
         broker("stop", folder)
+
+
+def test_the_consumer_rides_out_a_broker_restart(tmp_path: Path, clickhouse_dsn: str, topic_prefix: str) -> None:
+    folder = tmp_path / "kafka"
+    bootstrap = broker("start", folder)
+    try:
+        settings = ProducerSettings(kafka=bootstrap, topic_prefix=topic_prefix, spool=tmp_path / "spool",
+                                    sample_interval_s=0)
+        service = ConsumerService(ConsumerSettings(kafka=bootstrap, clickhouse=clickhouse_dsn,
+                                                   topic_prefix=topic_prefix, batch_max_wait_s=0.2))
+        stop = threading.Event()
+        worker = threading.Thread(target=service.run, args=(stop,))
+        worker.start()
+        first = Run(project="consumer-outage", settings=settings)
+        for step in range(200):
+            first.log({"loss": float(step)}, step=step)
+        first.finish()
+        deadline = threading.Event()
+        for _ in range(300):
+            if service.stats.points >= 200:
+                break
+            deadline.wait(0.1)
+        assert service.stats.points == 200
+
+        broker("stop", folder)
+        deadline.wait(2.0)  # the consumer polls a dead broker for a while: it must not crash
+        assert worker.is_alive()
+        assert broker("start", folder) == bootstrap
+
+        second = Run(project="consumer-outage", settings=settings)
+        for step in range(300):
+            second.log({"loss": float(step)}, step=step)
+        second.finish()
+        for _ in range(600):
+            if service.stats.points >= 500:
+                break
+            deadline.wait(0.1)
+        stop.set()
+        worker.join(60)
+        db = service.sink.database
+        rows = service.sink.client.query(
+            f"SELECT run_id, count() FROM {db}.metric_points FINAL GROUP BY run_id ORDER BY run_id").result_rows
+        assert [count for _, count in rows] == [200, 300]
+    finally:
+        broker("stop", folder)
