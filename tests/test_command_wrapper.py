@@ -12,20 +12,13 @@ import termios
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
+from spool_reader import read_spool
 
 from runstream.producer.command_wrapper import MetricPattern, parse_params, parse_value
 
 PATTERN = r"step=(?P<step>\d+) loss=(?P<loss>[0-9.eE+-]+) acc=(?P<acc>[0-9.]+)"
 
-
-def read_spool(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(folder.rglob("*.avro")):
-        with open(path, "rb") as handle:
-            found.setdefault(path.name.split(".")[0], []).extend(fastavro.reader(handle))  # type: ignore[arg-type]
-    return found
 
 
 def points(events: dict[str, list[dict[str, Any]]]) -> list[tuple[int, str, float]]:

@@ -10,18 +10,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
+from spool_reader import spooled
 
 from runstream.consumer import ConsumerService, ConsumerSettings
-
-
-def spooled(folder: Path, event_type: str) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in sorted(folder.rglob(f"{event_type}.*.avro")):
-        with open(path, "rb") as handle:
-            records.extend(fastavro.reader(handle))  # type: ignore[arg-type]
-    return records
 
 
 def start_script(body: str, **env: str) -> subprocess.Popen[str]:

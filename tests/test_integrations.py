@@ -19,19 +19,11 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-import fastavro
 import numpy as np
 import pytest
+from spool_reader import read_spool
 
 import runstream
-
-
-def read_spool(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(folder.rglob("*.avro")):
-        with open(path, "rb") as handle:
-            found.setdefault(path.name.split(".")[0], []).extend(fastavro.reader(handle))  # type: ignore[arg-type]
-    return found
 
 
 def points(events: dict[str, list[dict[str, Any]]], run_id: str) -> list[tuple[int, str, float]]:

@@ -7,21 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fastavro
 import pytest
+from spool_reader import read_spool
 
 import runstream
 from runstream.producer.params import flatten_params
 from runstream.producer.settings import ProducerSettings
-
-
-def read_spool(folder: Path) -> dict[str, list[dict[str, object]]]:
-    """Every record of every sealed file, by event type, read with plain fastavro (any Avro tool would do)."""
-    found: dict[str, list[dict[str, object]]] = {}
-    for path in sorted(folder.rglob("*.avro")):
-        with open(path, "rb") as handle:
-            found.setdefault(path.name.split(".")[0], []).extend(fastavro.reader(handle))  # type: ignore[arg-type]
-    return found
 
 
 def test_run_writes_standard_avro_container_files(spool_dir: Path) -> None:

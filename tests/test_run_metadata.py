@@ -6,21 +6,12 @@ import subprocess
 import sys
 from io import StringIO
 from pathlib import Path
-from typing import Any
 
-import fastavro
 import pytest
+from spool_reader import spooled
 
 import runstream
 from runstream.consumer import ClickHouseSink, ingest_spool
-
-
-def spooled(folder: Path, event_type: str) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in sorted(folder.rglob(f"{event_type}.*.avro")):
-        with open(path, "rb") as handle:
-            records.extend(fastavro.reader(handle))  # type: ignore[arg-type]
-    return records
 
 
 def test_params_and_data_versions_logged_later_are_stored(tmp_path: Path, clickhouse_dsn: str) -> None:

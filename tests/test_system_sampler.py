@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import fastavro
+from spool_reader import spooled
 
 from runstream.consumer import ClickHouseSink, ingest_spool
 from runstream.producer.gpu import GPU_FIELDS, NvmlGpus
@@ -130,7 +130,7 @@ def test_without_nvml_the_sampler_records_host_metrics_only(tmp_path: Path) -> N
     run = Run(project="p", settings=settings, gpus=gpus)
     run.log({"loss": 1.0}, step=0)
     run.finish()
-    records = _spooled(tmp_path, "gpu_samples")
+    records = spooled(tmp_path, "gpu_samples")
     assert records, "the sampler took at least its first and last samples"
     assert all(r["samples"] == [] for r in records)
     assert all(r["host_memory_total_bytes"] > 0 and r["process_rss_bytes"] > 0 for r in records)
@@ -142,7 +142,7 @@ def test_a_run_records_gpu_inventory_and_samples_into_clickhouse(tmp_path: Path,
     run.log({"loss": 1.0}, step=0)
     run.finish()
     assert fake.shutdowns == 1, "finish releases NVML"
-    [started] = _spooled(tmp_path, "run_started")
+    [started] = spooled(tmp_path, "run_started")
     assert started["hardware"]["cuda_version"] == "12.6"
     assert [g["uuid"] for g in started["hardware"]["gpus"]] == ["GPU-fake-0", "GPU-fake-1"]
 
@@ -152,17 +152,10 @@ def test_a_run_records_gpu_inventory_and_samples_into_clickhouse(tmp_path: Path,
         f"SELECT gpu_index, count(), any(power_limit_w), any(throttle_reasons) FROM {sink.database}.gpu_samples "
         "FINAL GROUP BY gpu_index ORDER BY gpu_index"
     ).result_rows
-    samples = len(_spooled(tmp_path, "gpu_samples"))
+    samples = len(spooled(tmp_path, "gpu_samples"))
     assert rows == [(0, samples, 700.0, 4), (1, samples, 700.0, None)]
     host = sink.client.query(f"SELECT count(), min(process_rss_bytes) FROM {sink.database}.host_samples").result_rows
     assert host[0][0] == samples and host[0][1] > 0
     gpu_count = sink.client.query(f"SELECT gpu_count FROM {sink.database}.runs FINAL").result_rows
     assert gpu_count == [(2,)]
 
-
-def _spooled(folder: Path, event_type: str) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in sorted(folder.rglob(f"{event_type}.*.avro")):
-        with open(path, "rb") as handle:
-            records.extend(fastavro.reader(handle))  # type: ignore[arg-type]
-    return records
