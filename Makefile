@@ -20,6 +20,8 @@ demo: $(BIN)/.installed ## create the virtualenv, install, run `runstream demo` 
 
 test: $(BIN)/.installed ## install, fetch Kafka, run lint, type check and the whole suite (starts and stops Kafka)
 	bash deploy/local/kafka.sh fetch
+	bash deploy/tools/install.sh
+	bash scripts/install-system-packages.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
 	$(BIN)/pytest

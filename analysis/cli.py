@@ -1,13 +1,239 @@
-"""The analysis commands of the `runstream` CLI; `runstream/cli.py` adds them with `add_parsers`."""
+"""The analysis commands of the `runstream` CLI; `runstream/cli.py` adds them with `add_parsers`.
+
+runs, compare, best, importance, reproduce, report: each takes --format table|csv|json and
+--clickhouse DSN, reports mistakes as one readable line naming the field and value (exit 2 through
+runstream.cli.main), and shows progress on stderr when it takes over a second.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+from runstream.analysis.progress import Progress
+from runstream.consumer.dsn import default_dsn
+from runstream.output import FORMATS, render
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
+    parser.add_argument(
+        "--clickhouse", default=os.environ.get("RUNSTREAM_CLICKHOUSE") or default_dsn(), metavar="DSN",
+        help="ClickHouse to read: chdb:///abs/path (embedded, default %(default)s) or "
+        "http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE]",
+    )
+
+
+_WHERE_HELP = """\
+filter, e.g. "params.lr < 0.01 and metrics.acc > 0.9". Fields: params.KEY, metrics.NAME (final
+value), best.NAME (best value: min for loss-like names, else max), tags.KEY, run_id, name, project,
+status, user, host, git_commit, started_at, finished_at, gpu_hours. Operators: = != < <= > >=,
+in (...), not in (...), like 'pat%%', is [not] null, and, or, not, parentheses. Values are numbers,
+'quoted strings', true, false. A run lacking the field never matches."""
 
 
 def add_parsers(commands: Any) -> None:
     """Register the analysis subcommands on the CLI's subparsers object."""
+    runs = commands.add_parser(
+        "runs", help="list runs with params and final/best metrics, filtered and sorted",
+        description="One row per run: params, final metrics (metrics.NAME), best metrics (best.NAME) and "
+        "GPU-hours, read from the run_overview view.", formatter_class=argparse.RawTextHelpFormatter)
+    runs.add_argument("--project", default=None, help="only runs of this project (default: all)")
+    runs.add_argument("--where", default=None, metavar="FILTER", help=_WHERE_HELP)
+    runs.add_argument("--sort", default=None, metavar="FIELDS",
+                      help="comma-separated fields, '-' for descending, e.g. -metrics.acc,params.lr "
+                      "(missing values last; default: start time)")
+    runs.add_argument("--limit", type=int, default=None, help="at most this many runs")
+    _common(runs)
+    # `--sort -metrics.acc`: argparse would read a value starting with '-' as an unknown option. Its
+    # hook for negative numbers (a private attribute, present in 3.11-3.14) lets such words through
+    # as values; registered options such as -h are matched before it is consulted.
+    runs._negative_number_matcher = re.compile(r"^-[A-Za-z_`]")
+
+    compare = commands.add_parser(
+        "compare", help="params and metrics of runs side by side, differences marked",
+        description="Params side by side, rows where the runs differ marked '*' in the differs column, then "
+        "each metric at its final step and at its best step (min for loss-like names, else max).")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run id or (unique) run name")
+    compare.add_argument("--metric", action="append", default=None, metavar="M",
+                         help="only this metric (repeatable; default: all)")
+    _common(compare)
+
+    best = commands.add_parser(
+        "best", help="the leaderboard of a project by a metric",
+        description="Runs ranked by the best value each reached of METRIC; equal values rank by the earlier "
+        "step reaching them. Runs that never logged a finite value of METRIC are left out.")
+    best.add_argument("--project", required=True)
+    best.add_argument("--metric", required=True, metavar="M")
+    best.add_argument("--mode", choices=("min", "max"), default=None,
+                      help="min or max is best (default: min for loss-like names such as loss, error, mse; else max)")
+    best.add_argument("--limit", type=int, default=10, help="show this many runs (default %(default)s; 0: all)")
+    _common(best)
+
+    importance = commands.add_parser(
+        "importance", help="which params go along with a metric across runs (correlation, not causation)",
+        description="For each param: Spearman rank correlation with the metric's best value (numeric params) or "
+        "the metric's mean per value and eta squared (categorical params), across the project's runs. "
+        "This is correlation, not causation.")
+    importance.add_argument("--project", required=True)
+    importance.add_argument("--metric", required=True, metavar="M")
+    importance.add_argument("--mode", choices=("min", "max"), default=None,
+                            help="which best value of each run to use (default: min for loss-like names, else max)")
+    _common(importance)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="what it takes to run a run again: commit, command, config, data, hardware",
+        description="The git commit, command line, params as a config file, data versions and hardware a run "
+        "recorded, and a shell line that launches it again.")
+    reproduce.add_argument("run", metavar="RUN", help="run id or (unique) run name")
+    reproduce.add_argument("--config-out", type=Path, default=None, metavar="FILE",
+                           help="also write the params, nested, as a JSON config file")
+    _common(reproduce)
+
+    report = commands.add_parser(
+        "report", help="write a self-contained HTML report of a project (opens offline)",
+        description="One HTML file with inline SVG plots: curves overlaid per metric, parallel coordinates of "
+        "params against a metric, GPU-hours and cost per run. No network access is needed to open it.")
+    report.add_argument("--project", required=True)
+    report.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="where to write it (default report-PROJECT.html)")
+    report.add_argument("--metric", default=None, metavar="M",
+                        help="metric of the leaderboard and the parallel coordinates (default: the first by name)")
+    report.add_argument("--mode", choices=("min", "max"), default=None)
+    report.add_argument("--price-per-gpu-hour", type=float, default=2.0, metavar="USD",
+                        help="for the cost column (default %(default)s)")
+    report.add_argument("--points", type=int, default=500, help="points per curve (default %(default)s)")
+    _common(report)
+
+
+def _clickhouse_errors(handler: Handler) -> Handler:
+    """Server errors become one readable line (the CLI prints it and exits 2), not a traceback."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except Exception as error:
+            if type(error).__module__.startswith(("clickhouse_connect", "chdb")):
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise RuntimeError(f"ClickHouse: {first}") from None
+            raise
+
+    return wrapped
+
+
+def _open(args: argparse.Namespace, progress: Progress) -> tuple[Any, str]:
+    from runstream.analysis.queries import open_database
+
+    progress.step("connecting")
+    return open_database(args.clickhouse)
+
+
+def _print(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
+    print(render(columns, rows, fmt))
+
+
+@_clickhouse_errors
+def cmd_runs(args: argparse.Namespace) -> int:
+    from runstream.analysis import queries
+
+    with Progress("runstream runs") as progress:
+        client, db = _open(args, progress)
+        progress.step("querying")
+        table = queries.runs(client, db, project=args.project, where=args.where, sort=args.sort, limit=args.limit)
+    _print(table.columns, table.rows, args.format)
+    return 0
+
+
+@_clickhouse_errors
+def cmd_compare(args: argparse.Namespace) -> int:
+    from runstream.analysis import queries
+
+    with Progress("runstream compare") as progress:
+        client, db = _open(args, progress)
+        progress.step("querying")
+        table = queries.compare(client, db, args.runs, args.metric)
+    _print(table.columns, table.rows, args.format)
+    return 0
+
+
+@_clickhouse_errors
+def cmd_best(args: argparse.Namespace) -> int:
+    from runstream.analysis import queries
+
+    with Progress("runstream best") as progress:
+        client, db = _open(args, progress)
+        progress.step("ranking")
+        table = queries.leaderboard(client, db, args.project, args.metric, args.mode, args.limit or None)
+    _print(table.columns, table.rows, args.format)
+    return 0
+
+
+@_clickhouse_errors
+def cmd_importance(args: argparse.Namespace) -> int:
+    from runstream.analysis.importance import NOTE, importance
+
+    with Progress("runstream importance") as progress:
+        client, db = _open(args, progress)
+        progress.step("correlating")
+        table = importance(client, db, args.project, args.metric, args.mode)
+    _print(table.columns, table.rows, args.format)
+    if args.format == "table":
+        print(f"\nNote: {NOTE}")
+    else:  # keep stdout machine-readable; the caveat still reaches the reader
+        print(f"runstream importance: {NOTE}", file=sys.stderr)
+    return 0
+
+
+@_clickhouse_errors
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from runstream.analysis.reproduce import as_rows, reproduce
+
+    with Progress("runstream reproduce") as progress:
+        client, db = _open(args, progress)
+        progress.step("reading the run")
+        info = reproduce(client, db, args.run)
+    if args.config_out is not None:
+        args.config_out.write_text(json.dumps(info["config"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if args.format == "json":
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print(["field", "value"], as_rows(info), args.format)
+    if args.config_out is not None:
+        print(f"config written to {args.config_out}", file=sys.stderr)
+    return 0
+
+
+@_clickhouse_errors
+def cmd_report(args: argparse.Namespace) -> int:
+    from runstream.analysis.report import write_report
+
+    if args.points < 3:
+        raise ValueError(f"--points: expected at least 3 points per curve, got {args.points}")
+    out = args.out or Path(f"report-{args.project}.html")
+    with Progress("runstream report") as progress:
+        client, db = _open(args, progress)
+        path = write_report(client, db, args.project, out, metric=args.metric, mode=args.mode,
+                            price_per_gpu_hour=args.price_per_gpu_hour, points=args.points, step=progress.step)
+    size = path.stat().st_size
+    _print(["report", "project", "bytes"], [[str(path.resolve()), args.project, size]], args.format)
+    return 0
+
+
+COMMANDS: dict[str, Handler] = {
+    "runs": cmd_runs,
+    "compare": cmd_compare,
+    "best": cmd_best,
+    "importance": cmd_importance,
+    "reproduce": cmd_reproduce,
+    "report": cmd_report,
+}

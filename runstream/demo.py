@@ -3,7 +3,8 @@
 Each simulated run has its own learning rate and batch size; its loss falls and its accuracy
 rises at a rate set by them (with seeded noise), and its GPUs report synthetic samples.
 Events go to the spool (the default) or to Kafka (`--kafka`), are loaded into ClickHouse,
-and the comparison table is read back with SQL.
+and the comparison table is read back with SQL; then the project's leaderboard and the path of an
+offline HTML report (runstream.analysis) are printed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runstream.analysis.queries import leaderboard
+from runstream.analysis.report import write_report
+from runstream.analysis.views import ensure_views
 from runstream.comparison import compare_project
 from runstream.consumer import ClickHouseSink, ConsumerService, ConsumerSettings, ingest_spool
 from runstream.output import render
@@ -108,7 +112,10 @@ def run_demo(
     spool: Path | None,
     topic_prefix: str,
     out: Callable[[str], None] = print,
+    report_out: Path | None = None,
 ) -> int:
+    """Simulate, load and compare; end with the leaderboard and an HTML report (`report_out`, default
+    next to the spool folder: runstream-report-PROJECT.html)."""
     if runs < 1 or steps < 1:
         raise ValueError(f"--runs and --steps must be at least 1 (got runs={runs}, steps={steps})")
     started = time.monotonic()
@@ -152,8 +159,18 @@ def run_demo(
     comparison = compare_project(sink.client, sink.database, project, run_ids=run_ids)
     out("")
     out(render(comparison.columns, comparison.rows))
+    ensure_views(sink.client, sink.database)
+    board = leaderboard(sink.client, sink.database, project, "acc", "max")
+    out("")
+    out(f"Leaderboard of project {project!r} by best acc (ties: earlier step first):")
+    out(render(board.columns[:1] + board.columns[2:], [row[:1] + row[2:] for row in board.rows]))
+    report_path = write_report(sink.client, sink.database, project,
+                               report_out or spool_dir.parent / f"runstream-report-{project}.html")
     out("")
     out(f"{loaded_points} metric points stored; {time.monotonic() - started:.1f}s in all.")
+    out(f"HTML report (opens offline): {report_path.resolve()}")
     out(f'Explore with: runstream query "SELECT * FROM runs" --clickhouse {clickhouse}')  # noqa: S608
+    out(f"          or: runstream runs --project {project} --where 'params.lr < 0.001' --sort -metrics.acc "
+        f"--clickhouse {clickhouse}")
     sink.close()
     return 0

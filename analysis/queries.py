@@ -1,0 +1,265 @@
+"""The analysis questions as SQL over the views (analysis/views.py), answered as plain rows.
+
+The CLI renders these rows and the notebook `Client` turns them into DataFrames, so both give the
+same numbers; nothing here imports pandas. Values always travel as bound query parameters; the
+only text pasted into a statement is the validated database name and SQL from `filters.py`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from runstream.analysis.filters import Translator, Vocabulary, translate, vocabulary_from_rows
+from runstream.analysis.views import ensure_views
+from runstream.comparison import lower_is_better
+
+MODES = ("min", "max")
+_PROJECT = "({project:String} = '' OR project = {project:String})"
+
+
+@dataclass
+class Table:
+    """Rows with their column names: what every question returns."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def open_database(dsn: str) -> tuple[Any, str]:
+    """Connect and make sure the views exist (cheap: CREATE OR REPLACE of a few views)."""
+    from runstream.consumer.dsn import connect
+
+    client, database = connect(dsn)
+    ensure_views(client, database)
+    return client, database
+
+
+def _rows(client: Any, sql: str, parameters: dict[str, Any]) -> list[Any]:
+    return list(client.query(sql, parameters=parameters).result_rows)
+
+
+def default_mode(metric: str) -> str:
+    """min for loss-like metrics (runstream.comparison.LOWER_IS_BETTER), else max."""
+    return "min" if lower_is_better(metric) else "max"
+
+
+def check_mode(mode: str | None, metric: str) -> str:
+    if mode is None:
+        return default_mode(metric)
+    if mode not in MODES:
+        raise ValueError(f"mode: expected min or max, got {mode!r}")
+    return mode
+
+
+def vocabulary(client: Any, db: str, project: str | None) -> Vocabulary:
+    """The param keys (with kinds), metric names and tag keys the project's runs have (one round trip)."""
+    runs = f"SELECT run_id FROM {db}.runs WHERE {_PROJECT}"  # noqa: S608 - db is a validated identifier
+    sql = (
+        f"SELECT DISTINCT 'param' AS kind, key AS name, toString(value_type) AS type FROM {db}.run_params "  # noqa: S608
+        f"WHERE run_id IN ({runs}) "
+        f"UNION ALL SELECT DISTINCT 'metric', toString(metric), '' FROM {db}.run_metrics WHERE run_id IN ({runs}) "
+        f"UNION ALL SELECT DISTINCT 'tag', arrayJoin(mapKeys(tags)), '' FROM {db}.runs WHERE {_PROJECT}"
+    )
+    rows = _rows(client, sql, {"project": project or ""})
+    return vocabulary_from_rows(((name, kind_of) for kind, name, kind_of in rows if kind == "param"),
+                                (name for kind, name, _ in rows if kind == "metric"),
+                                (name for kind, name, _ in rows if kind == "tag"))
+
+
+def check_metric(vocab: Vocabulary, metric: str, project: str | None) -> None:
+    if metric not in vocab.metrics:
+        close = difflib.get_close_matches(metric, sorted(vocab.metrics), n=5, cutoff=0.5)
+        where = f"project {project!r}" if project else "this database"
+        known = ", ".join(close or sorted(vocab.metrics)[:10]) or "none"
+        raise ValueError(f"metric {metric!r}: no run of {where} logged it (did you mean: {known})")
+
+
+def check_project(client: Any, db: str, project: str | None) -> None:
+    if not project:
+        return
+    known = [p for (p,) in _rows(client, f"SELECT DISTINCT project FROM {db}.runs", {})]  # noqa: S608
+    if project not in known:
+        close = difflib.get_close_matches(project, known, n=5, cutoff=0.5)
+        raise ValueError(f"project {project!r}: no runs in this database (projects: "
+                         f"{', '.join(close or sorted(known)[:10]) or 'none'})")
+
+
+def param_value(text: str | None, number: float | None) -> Any:
+    """A param as logged: numbers as numbers (ints stay ints), anything else as its text."""
+    if number is None:
+        return text
+    if text is not None and text.lstrip("-").isdigit():
+        return int(text)
+    if text in ("true", "false"):
+        return text == "true"
+    return number
+
+
+def runs(client: Any, db: str, *, project: str | None = None, where: str | None = None,
+         sort: str | None = None, limit: int | None = None) -> Table:
+    """One row per run: attributes, every param, final metrics (metrics.X), best metrics (best.X)."""
+    vocab = vocabulary(client, db, project) if where or sort else Vocabulary()
+    translator = Translator(vocab)
+    conditions = [_PROJECT]
+    if where:
+        condition, _ = translate(where, vocab, translator)
+        conditions.append(condition)
+    order = translator.sort_sql(sort) if sort else ""
+    order = f"{order}, " if order else ""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: expected a positive number of runs, got {limit}")
+    parameters = {**translator.parameters, "project": project or ""}
+    sql = (
+        f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours "  # noqa: S608
+        f"FROM {db}.run_overview WHERE {' AND '.join(conditions)} "
+        f"ORDER BY {order}started_at, run_id" + (f" LIMIT {int(limit)}" if limit else "")
+    )
+    rows = _rows(client, sql, parameters)
+    if not rows:
+        check_project(client, db, project)
+    param_keys = sorted({key for row in rows for key in row[5]})
+    metric_names = sorted({name for row in rows for name in row[7]})
+    columns = ["run_id", "name", "project", "status", "started_at"]
+    columns += [f"params.{key}" for key in param_keys]
+    columns += [f"metrics.{name}" for name in metric_names] + [f"best.{name}" for name in metric_names]
+    columns.append("gpu_hours")
+    out = []
+    for run_id, name, proj, status, started, params, numbers, final, best, gpu_hours in rows:
+        row: list[Any] = [run_id, name, proj, status, started]
+        row += [param_value(params.get(key), numbers.get(key)) if key in params else None for key in param_keys]
+        row += [final.get(name) for name in metric_names] + [best.get(name) for name in metric_names]
+        row.append(gpu_hours if gpu_hours is not None else 0.0)
+        out.append(row)
+    return Table(columns, out)
+
+
+def resolve_runs(client: Any, db: str, refs: list[str], project: str | None = None) -> list[tuple[str, str]]:
+    """(run_id, run_name) for each reference: a run id, or a run name that is unique (in `project`)."""
+    if not refs:
+        raise ValueError("runs: name at least one run id or run name")
+    rows = _rows(client, f"SELECT run_id, run_name, project FROM {db}.runs FINAL "  # noqa: S608
+                 "WHERE has({refs:Array(String)}, run_id) OR has({refs:Array(String)}, run_name)", {"refs": refs})
+    resolved = []
+    for ref in refs:
+        by_id = [(r, n) for r, n, _p in rows if r == ref]
+        by_name = [(r, n) for r, n, p in rows if n == ref and (not project or p == project)]
+        if by_id:
+            resolved.append(by_id[0])
+        elif len(by_name) == 1:
+            resolved.append(by_name[0])
+        elif by_name:
+            ids = ", ".join(r for r, _ in by_name)
+            raise ValueError(f"run {ref!r}: {len(by_name)} runs have this name ({ids}); name one by its run id")
+        else:
+            known = [n for (n,) in _rows(client, f"SELECT DISTINCT run_name FROM {db}.runs", {})]  # noqa: S608
+            close = difflib.get_close_matches(ref, known, n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"run {ref!r}: no run has this id or name{hint}")
+    return resolved
+
+
+def _same(values: list[Any]) -> bool:
+    def key(value: Any) -> Any:
+        return "nan" if isinstance(value, float) and math.isnan(value) else value
+    return len({repr(key(v)) for v in values}) <= 1
+
+
+def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = None) -> Table:
+    """Params side by side (a `differs` mark where the runs disagree), then each metric at its
+    final and best step: one column per run, so differences read across a row."""
+    resolved = resolve_runs(client, db, refs)
+    ids = [run_id for run_id, _ in resolved]
+    rows = {r[0]: r for r in _rows(
+        client,
+        f"SELECT run_id, status, params, params_num, final, best, best_step, last_step, gpu_hours "  # noqa: S608
+        f"FROM {db}.run_overview WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
+    wanted = metrics or sorted({name for r in rows.values() for name in r[4]})
+    for name in metrics or []:
+        if not any(name in r[4] for r in rows.values()):
+            known = sorted({n for r in rows.values() for n in r[4]})
+            raise ValueError(f"metric {name!r}: none of these runs logged it (they logged: {', '.join(known)})")
+    labels = [name for _, name in resolved]
+    if len(set(labels)) < len(labels):  # the same name twice: label by id too
+        labels = [f"{name} ({run_id[:8]})" for run_id, name in resolved]
+    out: list[list[Any]] = []
+
+    def add(field: str, values: list[Any], diff: bool = True) -> None:
+        out.append([field, *values, "*" if diff and not _same(values) else ""])
+
+    add("run_id", ids, diff=False)
+    add("status", [rows[i][1] for i in ids])
+    keys = sorted({key for i in ids for key in rows[i][2]})
+    for key in keys:
+        add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key)) if key in rows[i][2] else None
+                              for i in ids])
+    for name in wanted:
+        add(f"{name} final", [rows[i][4].get(name) for i in ids])
+        add(f"{name} final step", [rows[i][7].get(name) for i in ids])
+        add(f"{name} best ({default_mode(name)})", [rows[i][5].get(name) for i in ids])
+        add(f"{name} best step", [rows[i][6].get(name) for i in ids])
+    add("gpu_hours", [rows[i][8] or 0.0 for i in ids])
+    return Table(["field", *labels, "differs"], out)
+
+
+def leaderboard(client: Any, db: str, project: str, metric: str, mode: str | None = None,
+                limit: int | None = None) -> Table:
+    """Runs ranked by their best value of `metric`; equal values rank by the earlier step reaching them."""
+    mode = check_mode(mode, metric)
+    sql = (f"SELECT rank, run_id, run_name, status, value, step, final_value, last_step "  # noqa: S608
+           f"FROM {db}.leaderboard(project={{project:String}}, metric={{metric:String}}, mode={{mode:String}})"
+           + (f" LIMIT {int(limit)}" if limit else ""))
+    rows = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
+    if not rows:  # say why: a typo in the project or metric reads better than an empty table
+        check_project(client, db, project)
+        check_metric(vocabulary(client, db, project), metric, project)
+    columns = ["rank", "run_id", "name", "status", f"{metric} {mode}", "at step", f"{metric} final", "last step"]
+    return Table(columns, [list(row) for row in rows])
+
+
+def metric_history(client: Any, db: str, run_ids: list[str], metrics: list[str],
+                   points: int | None = None) -> Table:
+    """Long form (run_id, metric, step, value). With `points`, each curve is downsampled to at most
+    that many points by largestTriangleThreeBuckets (non-finite values dropped); without, every point."""
+    out: list[list[Any]] = []
+    for metric in metrics:
+        if points:
+            if points < 3:
+                raise ValueError(f"points: expected at least 3 points per curve, got {points}")
+            sql = (f"SELECT run_id, step, value FROM {db}.metric_curve("  # noqa: S608
+                   "metric={metric:String}, runs={runs:Array(String)}, points={points:UInt64}) ORDER BY run_id, step")
+            rows = _rows(client, sql, {"metric": metric, "runs": run_ids, "points": points})
+        else:
+            sql = (f"SELECT run_id, step, value FROM {db}.metric_points FINAL "  # noqa: S608
+                   "WHERE metric = {metric:String} AND run_id IN {runs:Array(String)} ORDER BY run_id, step")
+            rows = _rows(client, sql, {"metric": metric, "runs": run_ids})
+        out.extend([run_id, metric, step, value] for run_id, step, value in rows)
+    return Table(["run_id", "metric", "step", "value"], out)
+
+
+def run_values(client: Any, db: str, project: str, metric: str, mode: str) -> tuple[list[str], dict[str, float],
+                                                                                       dict[str, dict[str, Any]]]:
+    """Per run of the project: the metric's best value in `mode` (runs without one left out), and params."""
+    sql = (f"SELECT run_id, if({{mode:String}} = 'max', max_value, min_value) AS v "  # noqa: S608
+           f"FROM {db}.run_metrics WHERE metric = {{metric:String}} "
+           f"AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}}) AND v IS NOT NULL "
+           "ORDER BY run_id")
+    found = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
+    values = {run_id: float(v) for run_id, v in found}
+    params: dict[str, dict[str, Any]] = {}
+    sql = (f"SELECT run_id, key, value_string, value_number FROM {db}.run_params FINAL "  # noqa: S608
+           f"WHERE run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}})")
+    for run_id, key, text, number in _rows(client, sql, {"project": project}):
+        if run_id in values:
+            params.setdefault(key, {})[run_id] = param_value(text, number)
+    return sorted(values), values, params
+
+
+def gpu_hours(client: Any, db: str, run_ids: list[str]) -> dict[str, float]:
+    sql = f"SELECT run_id, gpu_hours FROM {db}.run_overview WHERE has({{ids:Array(String)}}, run_id)"  # noqa: S608
+    return {run_id: float(hours or 0.0) for run_id, hours in _rows(client, sql, {"ids": run_ids})}

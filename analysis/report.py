@@ -1,0 +1,319 @@
+"""`runstream report`: one self-contained HTML page about a project that opens offline.
+
+The page carries its data as JSON and a small inline script that draws SVG: metric curves
+overlaid per metric (downsampled in ClickHouse by the metric_curve view), parallel coordinates of
+params against a metric, and GPU-hours and cost per run. No CDN, no fonts, no network: the file
+can be mailed or archived and still opens. Data is embedded with '<' escaped, and the script
+writes text with textContent only, so run names and params cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runstream.analysis.queries import check_mode, check_project, leaderboard, metric_history, runs
+
+CURVE_POINTS = 500
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def collect(client: Any, db: str, project: str, *, metric: str | None = None, mode: str | None = None,
+            price_per_gpu_hour: float = 0.0, points: int = CURVE_POINTS,
+            step: Callable[[str], None] = lambda _label: None) -> dict[str, Any]:
+    """The report's data: runs with params and metrics, downsampled curves, GPU-hours and cost."""
+    check_project(client, db, project)
+    step("runs")
+    table = runs(client, db, project=project)
+    records = table.records()
+    param_keys = [c[len("params."):] for c in table.columns if c.startswith("params.")]
+    metrics = [c[len("metrics."):] for c in table.columns if c.startswith("metrics.")]
+    if not records:
+        raise ValueError(f"project {project!r}: no runs to report on")
+    chosen = metric or (metrics[0] if metrics else None)
+    if chosen is not None and chosen not in metrics:
+        raise ValueError(f"metric {chosen!r}: no run of project {project!r} logged it "
+                         f"(metrics: {', '.join(metrics) or 'none'})")
+    run_ids = [r["run_id"] for r in records]
+    curves: dict[str, dict[str, list[list[Any]]]] = {}
+    for name in metrics:
+        step(f"curve of {name}")
+        history = metric_history(client, db, run_ids, [name], points=points)
+        per_run: dict[str, list[list[Any]]] = {}
+        for run_id, _metric, at, value in history.rows:
+            per_run.setdefault(run_id, []).append([at, value])
+        curves[name] = per_run
+    ranking: list[dict[str, Any]] = []
+    chosen_mode = None
+    if chosen is not None:
+        step("leaderboard")
+        chosen_mode = check_mode(mode, chosen)
+        ranking = leaderboard(client, db, project, chosen, chosen_mode).records()
+    return {
+        "project": project,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metric": chosen,
+        "mode": chosen_mode,
+        "price_per_gpu_hour": price_per_gpu_hour,
+        "params": param_keys,
+        "metrics": metrics,
+        "runs": [
+            {
+                "id": r["run_id"], "name": r["name"], "status": r["status"],
+                "params": {k: _finite(r[f"params.{k}"]) for k in param_keys},
+                "final": {m: _finite(r[f"metrics.{m}"]) for m in metrics},
+                "best": {m: _finite(r[f"best.{m}"]) for m in metrics},
+                "gpu_hours": r["gpu_hours"] or 0.0,
+                "cost": (r["gpu_hours"] or 0.0) * price_per_gpu_hour,
+            }
+            for r in records
+        ],
+        "curves": {m: {run_id: [[s, _finite(v)] for s, v in pts] for run_id, pts in c.items()}
+                   for m, c in curves.items()},
+        "leaderboard": [{k: _finite(v) for k, v in row.items()} for row in ranking],
+    }
+
+
+def render_html(data: dict[str, Any]) -> str:
+    payload = json.dumps(data, allow_nan=False, default=str).replace("<", "\\u003c").replace("&", "\\u0026")
+    title = html.escape(f"runstream report: {data['project']}")
+    return _PAGE.replace("__TITLE__", title).replace("__DATA__", payload).replace("__SCRIPT__", _SCRIPT)
+
+
+def write_report(client: Any, db: str, project: str, out: Path, **options: Any) -> Path:
+    data = collect(client, db, project, **options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(data), encoding="utf-8")
+    return out
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy"
+      content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<title>__TITLE__</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; }
+figure { margin: 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
+svg text { font: 11px system-ui, sans-serif; fill: #333; }
+table { border-collapse: collapse; margin-top: 8px; }
+td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+#errors { color: #b00; white-space: pre-wrap; }
+.note { color: #555; }
+</style>
+</head>
+<body>
+<h1 id="title">__TITLE__</h1>
+<p class="note" id="summary"></p>
+<div id="errors"></div>
+<h2>Leaderboard</h2><div id="leaderboard"></div>
+<h2>Curves, overlaid per metric</h2><div class="plots" id="curves"></div>
+<h2>Parallel coordinates: params against the metric</h2><div id="parallel"></div>
+<h2>GPU-hours and cost per run</h2><div id="gpu"></div>
+<script type="application/json" id="report-data">__DATA__</script>
+<script>
+__SCRIPT__
+</script>
+</body>
+</html>
+"""
+
+_SCRIPT = r"""
+window.addEventListener("error", function (e) {
+  document.getElementById("errors").textContent += "report script error: " + e.message + "\n";
+});
+(function () {
+  "use strict";
+  var NS = "http://www.w3.org/2000/svg";
+  var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf"];
+  function el(name, attrs, parent) {
+    var node = document.createElementNS(NS, name);
+    for (var k in attrs) { node.setAttribute(k, attrs[k]); }
+    if (parent) { parent.appendChild(node); }
+    return node;
+  }
+  function text(parent, x, y, content, anchor) {
+    var t = el("text", {x: x, y: y, "text-anchor": anchor || "start"}, parent);
+    t.textContent = content;
+    return t;
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) { return "\u2014"; }
+    if (typeof v !== "number") { return String(v); }
+    if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) { return v.toExponential(2); }
+    return String(Math.round(v * 1e4) / 1e4);
+  }
+  function extent(values) {
+    var lo = Infinity, hi = -Infinity;
+    values.forEach(function (v) {
+      if (typeof v === "number" && isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    });
+    if (lo === Infinity) { return [0, 1]; }
+    if (lo === hi) { return [lo - 0.5, hi + 0.5]; }
+    return [lo, hi];
+  }
+  function scale(d, r) { return function (v) { return r[0] + (v - d[0]) / (d[1] - d[0]) * (r[1] - r[0]); }; }
+  function svgRoot(parent, w, h, label) {
+    var svg = el("svg", {width: w, height: h, viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": label}, parent);
+    return svg;
+  }
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  var color = {};
+  data.runs.forEach(function (r, i) { color[r.id] = PALETTE[i % PALETTE.length]; });
+  var names = {};
+  data.runs.forEach(function (r) { names[r.id] = r.name; });
+
+  document.getElementById("summary").textContent = data.runs.length + " runs of project " + data.project +
+    ", generated " + data.generated_at + (data.metric ? "; ranked by " + data.metric + " (" + data.mode + ")" : "");
+
+  function table(parent, headers, rows, numeric) {
+    var t = document.createElement("table");
+    var tr = document.createElement("tr");
+    headers.forEach(function (h) { var th = document.createElement("th"); th.textContent = h; tr.appendChild(th); });
+    t.appendChild(tr);
+    rows.forEach(function (row) {
+      var r = document.createElement("tr");
+      row.forEach(function (v, i) {
+        var td = document.createElement("td"); td.textContent = fmt(v);
+        if (numeric[i]) { td.className = "num"; }
+        r.appendChild(td);
+      });
+      t.appendChild(r);
+    });
+    parent.appendChild(t);
+  }
+
+  if (data.leaderboard.length) {
+    var lbKeys = Object.keys(data.leaderboard[0]);
+    table(document.getElementById("leaderboard"), lbKeys,
+          data.leaderboard.map(function (row) { return lbKeys.map(function (k) { return row[k]; }); }),
+          lbKeys.map(function (k) { return typeof data.leaderboard[0][k] === "number"; }));
+  }
+
+  function lineChart(parent, metric, curves) {
+    var W = 460, H = 300, L = 56, R = 12, T = 12, B = 36;
+    var fig = document.createElement("figure");
+    var cap = document.createElement("figcaption"); cap.textContent = metric; fig.appendChild(cap);
+    parent.appendChild(fig);
+    var svg = svgRoot(fig, W, H, "curves of " + metric);
+    svg.setAttribute("class", "curve-plot");
+    var xs = [], ys = [];
+    Object.keys(curves).forEach(function (id) { curves[id].forEach(function (p) { xs.push(p[0]); ys.push(p[1]); }); });
+    var x = scale(extent(xs), [L, W - R]), y = scale(extent(ys), [H - B, T]);
+    var ex = extent(xs), ey = extent(ys);
+    el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999"}, svg);
+    el("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#999"}, svg);
+    for (var i = 0; i <= 4; i++) {
+      var vx = ex[0] + (ex[1] - ex[0]) * i / 4, vy = ey[0] + (ey[1] - ey[0]) * i / 4;
+      text(svg, x(vx), H - B + 14, fmt(Math.round(vx)), "middle");
+      text(svg, L - 4, y(vy) + 4, fmt(vy), "end");
+    }
+    text(svg, (L + W - R) / 2, H - 4, "step", "middle");
+    Object.keys(curves).forEach(function (id) {
+      var pts = curves[id].filter(function (p) { return p[1] !== null; })
+        .map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); });
+      if (!pts.length) { return; }
+      var line = el("polyline", {points: pts.join(" "), fill: "none", stroke: color[id], "stroke-width": 1.5,
+                                 "data-run": id}, svg);
+      var tip = el("title", {}, line); tip.textContent = names[id] || id;
+    });
+  }
+  var curvesDiv = document.getElementById("curves");
+  data.metrics.forEach(function (m) { lineChart(curvesDiv, m, data.curves[m] || {}); });
+  var legend = document.createElement("p");
+  data.runs.forEach(function (r) {
+    var s = document.createElement("span"); s.style.color = color[r.id]; s.textContent = "\u25A0 " + r.name + "  ";
+    legend.appendChild(s);
+  });
+  curvesDiv.parentNode.insertBefore(legend, curvesDiv.nextSibling);
+
+  function parallel(parent) {
+    if (!data.metric) { parent.textContent = "no metric logged"; return; }
+    var dims = data.params.map(function (k) { return {key: k, label: k, get: function (r) { return r.params[k]; }}; });
+    dims.push({key: "metric", label: data.metric + " (best)", get: function (r) { return r.best[data.metric]; }});
+    var W = Math.max(480, 130 * dims.length), H = 320, T = 28, B = 28, L = 60, R = 60;
+    var svg = svgRoot(parent, W, H, "parallel coordinates");
+    svg.setAttribute("class", "parallel-plot");
+    var xpos = scale([0, Math.max(1, dims.length - 1)], [L, W - R]);
+    dims.forEach(function (d) {
+      var vals = data.runs.map(d.get).filter(function (v) { return v !== null && v !== undefined; });
+      var numeric = vals.length && vals.every(function (v) { return typeof v === "number"; });
+      if (numeric) {
+        var e = extent(vals), log = e[0] > 0 && e[1] / e[0] >= 10;
+        var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals);
+        var f = log ? Math.log10 : function (v) { return v; };
+        var s = scale(log ? [Math.log10(e[0]), Math.log10(e[1])] : e, [H - B, T]);
+        d.pos = function (v) { return typeof v === "number" ? s(f(v)) : null; };
+        d.ticks = lo === hi ? [lo] : [lo, hi];
+      } else {
+        var cats = Array.from(new Set(vals.map(String))).sort();
+        var c = scale([-0.5, cats.length - 0.5], [H - B, T]);
+        d.pos = function (v) { return v === null || v === undefined ? null : c(cats.indexOf(String(v))); };
+        d.ticks = cats;
+      }
+    });
+    var metricVals = data.runs.map(dims[dims.length - 1].get);
+    var me = extent(metricVals);
+    data.runs.forEach(function (r) {
+      var mv = dims[dims.length - 1].get(r);
+      if (mv === null || mv === undefined) { return; }
+      var t = (mv - me[0]) / (me[1] - me[0]);
+      if (data.mode === "min") { t = 1 - t; }
+      var stroke = "rgb(" + Math.round(40 + 200 * t) + ",60," + Math.round(240 - 200 * t) + ")";
+      var pts = [];
+      dims.forEach(function (d, i) {
+        var p = d.pos(d.get(r));
+        if (p !== null) { pts.push(xpos(i).toFixed(1) + "," + p.toFixed(1)); }
+      });
+      var line = el("polyline", {points: pts.join(" "), fill: "none", stroke: stroke, "stroke-width": 2,
+                                 opacity: 0.8, "data-run": r.id}, svg);
+      var tip = el("title", {}, line); tip.textContent = r.name + ": " + fmt(mv);
+    });
+    dims.forEach(function (d, i) {
+      el("line", {x1: xpos(i), y1: T, x2: xpos(i), y2: H - B, stroke: "#444"}, svg);
+      text(svg, xpos(i), T - 10, d.label, "middle");
+      d.ticks.forEach(function (v) { var p = d.pos(v); if (p !== null) { text(svg, xpos(i) + 4, p + 4, fmt(v)); } });
+    });
+  }
+  parallel(document.getElementById("parallel"));
+
+  function gpu(parent) {
+    var runs = data.runs.slice();
+    var W = 640, row = 22, L = 200, H = row * runs.length + 30;
+    var svg = svgRoot(parent, W, H, "GPU-hours per run");
+    svg.setAttribute("class", "gpu-plot");
+    var max = Math.max.apply(null, runs.map(function (r) { return r.gpu_hours; }).concat([1e-9]));
+    var x = scale([0, max], [L, W - 150]);
+    runs.forEach(function (r, i) {
+      var yy = 10 + i * row;
+      text(svg, L - 6, yy + 14, r.name, "end");
+      el("rect", {x: L, y: yy + 3, width: Math.max(1, x(r.gpu_hours) - L), height: row - 6, fill: color[r.id],
+                  "data-run": r.id}, svg);
+      text(svg, x(r.gpu_hours) + 6, yy + 14, fmt(r.gpu_hours) + " GPU-h" +
+           (data.price_per_gpu_hour ? ", $" + r.cost.toFixed(2) : ""));
+    });
+    table(parent, ["run", "status", "GPU-hours", "cost ($" + fmt(data.price_per_gpu_hour) + "/GPU-hour)"],
+          runs.map(function (r) { return [r.name, r.status, r.gpu_hours, r.cost]; }), [false, false, true, true]);
+  }
+  gpu(document.getElementById("gpu"));
+  document.body.setAttribute("data-rendered", "yes");
+})();
+"""
