@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runstream import __version__
+from runstream.analysis import cli as analysis_cli
 from runstream.consumer.dsn import default_dsn
 from runstream.output import FORMATS, render
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", metavar="SQL")
     query.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
     _add_clickhouse(query)
+    analysis_cli.add_parsers(commands)
     return parser
 
 
@@ -320,6 +322,7 @@ COMMANDS = {
     "sync": _cmd_sync,
     "migrate": _cmd_migrate,
     "query": _cmd_query,
+    **analysis_cli.COMMANDS,
 }
 
 
