@@ -1,16 +1,40 @@
-"""Versioned, idempotent DDL for runstream's tables; applied on consumer start and by `runstream migrate`.
+"""Versioned, idempotent DDL for runstream's tables and rollups; applied on consumer start and by `runstream migrate`.
 
-Every table is a ReplacingMergeTree keyed on what identifies a fact (a run, a param of a run,
-a metric of a run at a step, a GPU of a host at an instant), so an event delivered twice
-(at-least-once from Kafka, or a spool file ingested again) collapses to one row. Queries
-read with FINAL or aggregate so they never count a duplicate that has not merged yet.
+The storage model (docs/storage.md has the measurements behind every choice):
+
+- Facts live in ReplacingMergeTree tables keyed on what identifies a fact (a run, a param of a
+  run, a metric of a run at a step, a GPU of a host at an instant), so an event delivered twice
+  (at-least-once from Kafka, or a spool file ingested again) collapses to one row. Queries read
+  with FINAL. A ReplacingMergeTree only collapses rows within one partition during merges, so the
+  time-partitioned tables partition by the fact's own `time`, never by the time of arrival: a
+  redelivered point lands in the partition of its twin.
+- `metric_points` is sorted by (run_id, metric, step): both access paths, one metric across a
+  set of runs and every curve of one run, read contiguous ranges; no projection (queries with
+  FINAL cannot use one); run_id is LowCardinality there; codecs per column were measured.
+- Raw GPU and host samples may expire (`sample_ttl_days`); their hourly rollup stays.
+- Rollups that dashboards read constantly are AggregatingMergeTree tables fed by materialized
+  views. An MV sees every delivery, including duplicates FINAL would hide, so the metric summary
+  is built only from duplicate-insensitive states (min, max, argMin/argMax on total orders, a
+  bitmap of steps): it stays exact when a batch is redelivered. The GPU rollup's GPU-seconds are
+  exact too (first and last sample); its means weigh a redelivered sample twice.
+
+`MIGRATIONS` renders these table specs for one server; `runstream.consumer.cluster` renders the
+same specs as ON CLUSTER DDL with Replicated engines and Distributed tables. Changing the schema:
+a new table gets a `Table` spec in `TABLES` (so that the cluster DDL has it too) and a new
+migration version that creates it with `create_table_sql`; a new column goes into its table's spec
+(fresh databases and the cluster DDL create it) and into a new migration version as
+`ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (existing databases get it; on fresh ones it is a no-op).
+Released versions are otherwise never edited.
 """
 
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 from typing import Any
+
+from runstream.comparison import LOWER_IS_BETTER
 
 log = logging.getLogger(__name__)
 
@@ -22,136 +46,475 @@ class Migration:
     statements: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Table:
+    """A MergeTree-family table, rendered for one server here and for a cluster by `cluster.py`.
+
+    `engine` is the family without the `Replicated` prefix; `version` is the ReplacingMergeTree
+    version column (the row with the highest one survives). `expires` marks raw-sample tables
+    whose rows a TTL may drop (`sample_ttl_days`).
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    engine: str
+    order_by: str
+    version: str | None = None
+    partition_by: str | None = None
+    expires: bool = False
+    settings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaterializedView:
+    """An MV that writes the rows `select` computes from each block inserted into `source` into `target`.
+
+    `select` names tables as {source}, so that a cluster renders it over the local table.
+    """
+
+    name: str
+    source: str
+    target: str
+    select: str
+
+
+@dataclass(frozen=True)
+class View:
+    """A plain view over {tables} (a cluster renders it over the Distributed tables).
+
+    {lower_is_better} is the SQL twin of `runstream.comparison.lower_is_better(metric)`.
+    """
+
+    name: str
+    select: str
+
+
+SAMPLE_TTL_COLUMN = "time"
+_SAMPLE_SETTINGS = ("ttl_only_drop_parts = 1",)  # an expired month goes as whole parts, never rewritten
+
+# Codecs chosen with bench/storage_layout.py (docs/storage.md has the table): steps are regular
+# per (run, metric); times jitter by microseconds, so Delta then ZSTD beats DoubleDelta; values are
+# noisy floats that Gorilla cannot shrink (it loses to plain LZ4) while Delta + ZSTD can (float32
+# readings stored as Float64 end in zero bytes). GPU readings: Gorilla + ZSTD for the continuous
+# ones, Delta + ZSTD for byte counters that move in steps, ZSTD for the rest.
+STEP_CODEC = "CODEC(DoubleDelta, LZ4)"
+TIME_CODEC = "CODEC(Delta, ZSTD(1))"
+VALUE_CODEC = "CODEC(Delta, ZSTD(1))"
+READING_CODEC = "CODEC(ZSTD(1))"
+FLOAT_READING_CODEC = "CODEC(Gorilla, ZSTD(1))"
+COUNTER_CODEC = "CODEC(Delta, ZSTD(1))"
+
+RUNS = Table(
+    "runs",
+    (
+        "run_id String",
+        "project LowCardinality(String)",
+        "run_name String",
+        "user LowCardinality(String)",
+        "host LowCardinality(String)",
+        "started_at DateTime64(6, 'UTC')",
+        "git_commit Nullable(String)",
+        "git_branch Nullable(String)",
+        "git_dirty Nullable(Bool)",
+        "tags Map(String, String)",
+        "framework_versions Map(String, String)",
+        "command_line Array(String)",
+        "cpu_model Nullable(String)",
+        "cpu_count Nullable(UInt32)",
+        "memory_bytes Nullable(UInt64)",
+        "gpu_count UInt32",
+        "data_versions Array(Tuple(name String, version Nullable(String), uri Nullable(String), "
+        "digest Nullable(String)))",
+        "event_id String",
+        "git_diff_sha256 Nullable(String)",
+        "rank Nullable(Int32)",
+        "local_rank Nullable(Int32)",
+        "world_size Nullable(Int32)",
+        "scheduler Map(String, String)",
+        "resumed Bool DEFAULT false",
+    ),
+    "ReplacingMergeTree",
+    "run_id",
+    version="started_at",
+)
+
+RUN_PARAMS = Table(
+    "run_params",
+    (
+        "run_id String",
+        "key String",
+        "value_type LowCardinality(String)",
+        "value_number Nullable(Float64)",
+        "value_string String",
+        "updated_at DateTime64(6, 'UTC')",
+    ),
+    "ReplacingMergeTree",
+    "(run_id, key)",
+    version="updated_at",
+)
+
+RUN_DATA_VERSIONS = Table(
+    "run_data_versions",
+    (
+        "run_id String",
+        "name String",
+        "version Nullable(String)",
+        "uri Nullable(String)",
+        "digest Nullable(String)",
+        "logged_at DateTime64(6, 'UTC')",
+    ),
+    "ReplacingMergeTree",
+    "(run_id, name)",
+    version="logged_at",
+)
+
+METRIC_POINTS = Table(
+    "metric_points",
+    (
+        "run_id LowCardinality(String)",  # smaller, faster to sort on insert and to filter (docs/storage.md)
+        "metric LowCardinality(String)",
+        f"step Int64 {STEP_CODEC}",
+        f"value Float64 {VALUE_CODEC}",
+        f"time DateTime64(6, 'UTC') {TIME_CODEC}",
+    ),
+    "ReplacingMergeTree",
+    "(run_id, metric, step)",
+    version="time",  # a step logged again (a resumed run) keeps its latest value
+    partition_by="toYYYYMM(time)",
+)
+
+GPU_SAMPLES = Table(
+    "gpu_samples",
+    (
+        "run_id String",
+        "host LowCardinality(String)",
+        "gpu_index UInt16",
+        f"time DateTime64(6, 'UTC') {TIME_CODEC}",
+        "gpu_uuid LowCardinality(String)",
+        "gpu_model LowCardinality(String)",
+        f"utilization_pct Nullable(Float32) {FLOAT_READING_CODEC}",
+        f"memory_used_bytes Nullable(UInt64) {COUNTER_CODEC}",
+        f"memory_total_bytes Nullable(UInt64) {READING_CODEC}",
+        f"power_w Nullable(Float32) {FLOAT_READING_CODEC}",
+        f"temperature_c Nullable(Float32) {READING_CODEC}",
+        f"sm_clock_mhz Nullable(UInt32) {READING_CODEC}",
+        f"memory_clock_mhz Nullable(UInt32) {READING_CODEC}",
+        f"power_limit_w Nullable(Float32) {FLOAT_READING_CODEC}",
+        f"throttle_reasons Nullable(UInt64) {READING_CODEC}",
+        f"process_memory_bytes Nullable(UInt64) {COUNTER_CODEC}",
+    ),
+    "ReplacingMergeTree",
+    "(run_id, host, gpu_index, time)",
+    partition_by="toYYYYMM(time)",
+    expires=True,
+    settings=_SAMPLE_SETTINGS,
+)
+
+HOST_SAMPLES = Table(
+    "host_samples",
+    (
+        "run_id String",
+        "host LowCardinality(String)",
+        f"time DateTime64(6, 'UTC') {TIME_CODEC}",
+        f"host_cpu_pct Nullable(Float32) {FLOAT_READING_CODEC}",
+        f"host_memory_used_bytes Nullable(UInt64) {COUNTER_CODEC}",
+        f"host_memory_total_bytes Nullable(UInt64) {READING_CODEC}",
+        f"process_rss_bytes Nullable(UInt64) {COUNTER_CODEC}",
+    ),
+    "ReplacingMergeTree",
+    "(run_id, host, time)",
+    partition_by="toYYYYMM(time)",
+    expires=True,
+    settings=_SAMPLE_SETTINGS,
+)
+
+RUN_FINISHES = Table(
+    "run_finishes",
+    (
+        "run_id String",
+        "finished_at DateTime64(6, 'UTC')",
+        "status LowCardinality(String)",
+        "exit_code Nullable(Int32)",
+        "error Nullable(String)",
+        "summary Map(String, Float64)",
+    ),
+    "ReplacingMergeTree",
+    "run_id",
+    version="finished_at",
+)
+
+# --- Rollups -----------------------------------------------------------------------------------
+# Per (run, metric): every state below gives the same answer whether a point arrived once or
+# several times. first/last order points by (step, time) as FINAL does (highest time wins within
+# a step); min/max skip NaN (NULL when a metric is all NaN); the step of the min/max is the
+# earliest step reaching it; `steps` is a bitmap of the steps seen, so its cardinality is the
+# number of distinct points, as count() with FINAL. `deliveries` counts rows as delivered:
+# deliveries - points is how many duplicates arrived.
+#
+# The argMin/argMax keys are packed into one 128-bit integer instead of a tuple, which makes the MV
+# about 3x cheaper on insert (bench/storage_layout.py): (step, time) as step * 2^64 -/+ time_us
+# (steps are >= 0, times < 2^63), and (value, step) as the value's order-preserving bits * 2^64
+# + step (or + NOT step, so that ties go to the earliest step for the max too), NaN sorting last.
+METRIC_SUMMARY_STATES = Table(
+    "metric_summary_states",
+    (
+        "run_id String",
+        "metric LowCardinality(String)",
+        "first_value_state AggregateFunction(argMin, Float64, Int128)",
+        "last_value_state AggregateFunction(argMax, Float64, Int128)",
+        "min_value_state SimpleAggregateFunction(min, Nullable(Float64))",
+        "max_value_state SimpleAggregateFunction(max, Nullable(Float64))",
+        "step_of_min_state AggregateFunction(argMin, Int64, UInt128)",
+        "step_of_max_state AggregateFunction(argMax, Int64, UInt128)",
+        "first_step_state SimpleAggregateFunction(min, Int64)",
+        "last_step_state SimpleAggregateFunction(max, Int64)",
+        "steps_state AggregateFunction(groupBitmap, UInt64)",
+        "deliveries_state SimpleAggregateFunction(sum, UInt64)",
+        "last_time_state SimpleAggregateFunction(max, DateTime64(6, 'UTC'))",
+    ),
+    "AggregatingMergeTree",
+    "(run_id, metric)",  # no time partition: a run's states must be able to merge into one row
+    # Rows are heavy (~60 bytes of states) and queries pick scattered runs: small granules read less.
+    settings=("index_granularity = 1024",),
+)
+
+# A Float64's bits as a UInt64 that sorts like the number (-0.0 and 0.0 alike); NaN is handled apart.
+_ORDERED_BITS = (
+    "if(value < 0, bitNot(reinterpretAsUInt64(value)), bitOr(reinterpretAsUInt64(value), 9223372036854775808))"
+)
+
+METRIC_SUMMARY_MV = MaterializedView(
+    "metric_summary_mv",
+    "metric_points",
+    "metric_summary_states",
+    """
+    SELECT
+        run_id,
+        metric,
+        argMinState(value, bitShiftLeft(toInt128(step), 64) - toUnixTimestamp64Micro(time)) AS first_value_state,
+        argMaxState(value, bitShiftLeft(toInt128(step), 64) + toUnixTimestamp64Micro(time)) AS last_value_state,
+        min(if(isNaN(value), NULL, value)) AS min_value_state,
+        max(if(isNaN(value), NULL, value)) AS max_value_state,
+        argMinState(step, bitOr(bitShiftLeft(toUInt128(if(isNaN(value), 18446744073709551615, {ordered})), 64),
+                                toUInt128(step))) AS step_of_min_state,
+        argMaxState(step, bitOr(bitShiftLeft(toUInt128(if(isNaN(value), 0, {ordered})), 64),
+                                toUInt128(bitNot(toUInt64(step))))) AS step_of_max_state,
+        min(step) AS first_step_state,
+        max(step) AS last_step_state,
+        groupBitmapState(toUInt64(step)) AS steps_state,
+        toUInt64(count()) AS deliveries_state,
+        max(time) AS last_time_state
+    FROM {source}
+    GROUP BY run_id, metric
+    """.replace("{ordered}", _ORDERED_BITS),
+)
+
+_LOWER_IS_BETTER_SQL = "multiSearchAny(lower(metric), [{}])".format(
+    ", ".join(f"'{part}'" for part in LOWER_IS_BETTER)
+)
+
+METRIC_SUMMARY = View(
+    "metric_summary",
+    """
+    SELECT
+        run_id,
+        metric,
+        argMinMerge(first_value_state) AS first_value,
+        argMaxMerge(last_value_state) AS last_value,
+        min(min_value_state) AS min_value,
+        max(max_value_state) AS max_value,
+        if(min_value IS NULL, NULL, argMinMerge(step_of_min_state)) AS step_of_min,
+        if(max_value IS NULL, NULL, argMaxMerge(step_of_max_state)) AS step_of_max,
+        min(first_step_state) AS first_step,
+        max(last_step_state) AS last_step,
+        groupBitmapMerge(steps_state) AS points,
+        sum(deliveries_state) AS deliveries,
+        max(last_time_state) AS last_time,
+        {lower_is_better} AS lower_is_better,
+        if(lower_is_better, min_value, max_value) AS best_value,
+        if(lower_is_better, step_of_min, step_of_max) AS best_step
+    FROM {metric_summary_states}
+    GROUP BY run_id, metric
+    """,
+)
+
+# Per (run, host, GPU, hour). first/last sample are exact under redelivery, so GPU-seconds are;
+# the means (utilisation, power, hence energy = mean power x span) weigh a redelivered sample
+# twice, and `samples` counts deliveries.
+GPU_USAGE_HOURLY_STATES = Table(
+    "gpu_usage_hourly_states",
+    (
+        "run_id String",
+        "host LowCardinality(String)",
+        "gpu_index UInt16",
+        "hour DateTime('UTC')",
+        "gpu_model SimpleAggregateFunction(anyLast, LowCardinality(String))",
+        "first_sample SimpleAggregateFunction(min, DateTime64(6, 'UTC'))",
+        "last_sample SimpleAggregateFunction(max, DateTime64(6, 'UTC'))",
+        "samples SimpleAggregateFunction(sum, UInt64)",
+        "utilization_state AggregateFunction(avg, Nullable(Float32))",
+        "power_state AggregateFunction(avg, Nullable(Float32))",
+        "max_memory_used_bytes SimpleAggregateFunction(max, Nullable(UInt64))",
+        "max_temperature_c SimpleAggregateFunction(max, Nullable(Float32))",
+    ),
+    "AggregatingMergeTree",
+    "(run_id, host, gpu_index, hour)",
+    partition_by="toYYYYMM(hour)",
+)
+
+GPU_USAGE_HOURLY_MV = MaterializedView(
+    "gpu_usage_hourly_mv",
+    "gpu_samples",
+    "gpu_usage_hourly_states",
+    """
+    SELECT
+        run_id,
+        host,
+        gpu_index,
+        toStartOfHour(toDateTime(time, 'UTC')) AS hour,
+        anyLast(gpu_model) AS gpu_model,
+        min(time) AS first_sample,
+        max(time) AS last_sample,
+        toUInt64(count()) AS samples,
+        avgState(utilization_pct) AS utilization_state,
+        avgState(power_w) AS power_state,
+        max(memory_used_bytes) AS max_memory_used_bytes,
+        max(temperature_c) AS max_temperature_c
+    FROM {source}
+    GROUP BY run_id, host, gpu_index, hour
+    """,
+)
+
+GPU_USAGE_HOURLY = View(
+    "gpu_usage_hourly",
+    """
+    SELECT
+        run_id,
+        hour,
+        count() AS gpus,
+        sum(span_s) AS gpu_seconds,
+        avgMerge(utilization) AS avg_utilization_pct,
+        sum(mean_power_w * span_s) / 3600 AS energy_wh,
+        sum(deliveries) AS samples
+    FROM (
+        SELECT
+            run_id, hour, host, gpu_index,
+            dateDiff('microsecond', min(first_sample), max(last_sample)) / 1e6 AS span_s,
+            avgMergeState(utilization_state) AS utilization,
+            avgMerge(power_state) AS mean_power_w,
+            sum(samples) AS deliveries
+        FROM {gpu_usage_hourly_states}
+        GROUP BY run_id, hour, host, gpu_index
+    )
+    GROUP BY run_id, hour
+    """,
+)
+
+GPU_USAGE_BY_RUN = View(
+    "gpu_usage_by_run",
+    """
+    SELECT
+        run_id,
+        count() AS gpus,
+        sum(span_s) / 3600 AS gpu_hours,
+        avgMerge(utilization) AS avg_utilization_pct,
+        sum(mean_power_w * span_s) / 3600 AS energy_wh,
+        max(peak_memory) AS peak_memory_used_bytes,
+        sum(deliveries) AS samples
+    FROM (
+        SELECT
+            run_id, host, gpu_index,
+            dateDiff('microsecond', min(first_sample), max(last_sample)) / 1e6 AS span_s,
+            avgMergeState(utilization_state) AS utilization,
+            avgMerge(power_state) AS mean_power_w,
+            max(max_memory_used_bytes) AS peak_memory,
+            sum(samples) AS deliveries
+        FROM {gpu_usage_hourly_states}
+        GROUP BY run_id, host, gpu_index
+    )
+    GROUP BY run_id
+    """,
+)
+
+FACT_TABLES: tuple[Table, ...] = (
+    RUNS, RUN_PARAMS, RUN_DATA_VERSIONS, METRIC_POINTS, GPU_SAMPLES, HOST_SAMPLES, RUN_FINISHES,
+)
+ROLLUP_TABLES: tuple[Table, ...] = (METRIC_SUMMARY_STATES, GPU_USAGE_HOURLY_STATES)
+MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (METRIC_SUMMARY_MV, GPU_USAGE_HOURLY_MV)
+VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
+TABLES: tuple[Table, ...] = FACT_TABLES + ROLLUP_TABLES
+
+
+def ttl_clause(days: int | None) -> str:
+    """The TTL of raw samples, or '' when samples are kept forever (the default)."""
+    if not days:
+        return ""
+    return f"TTL toDateTime({SAMPLE_TTL_COLUMN}) + INTERVAL {int(days)} DAY"
+
+
+def engine_clause(table: Table, *, replicated_path: str | None = None) -> str:
+    """ENGINE ... ORDER BY ... for one server, or with the Replicated engine when a ZooKeeper path is given."""
+    args: list[str] = []
+    family = table.engine
+    if replicated_path is not None:
+        family = f"Replicated{family}"
+        args += [f"'{replicated_path}'", "'{replica}'"]
+    if table.version:
+        args.append(table.version)
+    parts = [f"ENGINE = {family}" + (f"({', '.join(args)})" if args else "")]
+    if table.partition_by:
+        parts.append(f"PARTITION BY {table.partition_by}")
+    parts.append(f"ORDER BY {table.order_by}")
+    return "\n".join(parts)
+
+
+def create_table_sql(
+    table: Table, qualified_name: str, *, on_cluster: str = "", replicated_path: str | None = None,
+    sample_ttl_days: int | None = None,
+) -> str:
+    columns = ",\n    ".join(table.columns)
+    lines = [f"CREATE TABLE IF NOT EXISTS {qualified_name}{on_cluster} (\n    {columns}\n)",
+             engine_clause(table, replicated_path=replicated_path)]
+    if table.expires and sample_ttl_days:
+        lines.append(ttl_clause(sample_ttl_days))
+    if table.settings:
+        lines.append("SETTINGS " + ", ".join(table.settings))
+    return "\n".join(lines)
+
+
+def create_materialized_view_sql(mv: MaterializedView, database: str, *, on_cluster: str = "",
+                                 source: str | None = None, target: str | None = None) -> str:
+    select = _dedent(mv.select).format(source=f"{database}.{source or mv.source}")
+    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{mv.name}{on_cluster}\n"
+            f"TO {database}.{target or mv.target}\nAS {select}")
+
+
+def create_view_sql(view: View, database: str, *, on_cluster: str = "") -> str:
+    names = {table.name: f"{database}.{table.name}" for table in TABLES}
+    select = _dedent(view.select).format(lower_is_better=_LOWER_IS_BETTER_SQL, **names)
+    return f"CREATE VIEW IF NOT EXISTS {database}.{view.name}{on_cluster}\nAS {select}"
+
+
+def _dedent(sql: str) -> str:
+    return textwrap.dedent(sql).strip()
+
+
+# Statements are templates over {db}, filled in by migrate(). Nothing was deployed before this
+# layout, so versions 1-2 are the clean set; later changes append versions, never edit these.
+_DB = "{db}"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "contract v1 tables",
-        (
-            """
-            CREATE TABLE IF NOT EXISTS {db}.runs (
-                run_id String,
-                project LowCardinality(String),
-                run_name String,
-                user LowCardinality(String),
-                host LowCardinality(String),
-                started_at DateTime64(6, 'UTC'),
-                git_commit Nullable(String),
-                git_branch Nullable(String),
-                git_dirty Nullable(Bool),
-                tags Map(String, String),
-                framework_versions Map(String, String),
-                command_line Array(String),
-                cpu_model Nullable(String),
-                cpu_count Nullable(UInt32),
-                memory_bytes Nullable(UInt64),
-                gpu_count UInt32,
-                data_versions Array(Tuple(name String, version Nullable(String),
-                                          uri Nullable(String), digest Nullable(String))),
-                event_id String
-            ) ENGINE = ReplacingMergeTree(started_at)
-            ORDER BY run_id
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS {db}.run_params (
-                run_id String,
-                key String,
-                value_type LowCardinality(String),
-                value_number Nullable(Float64),
-                value_string String,
-                updated_at DateTime64(6, 'UTC')
-            ) ENGINE = ReplacingMergeTree(updated_at)
-            ORDER BY (run_id, key)
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS {db}.metric_points (
-                run_id String,
-                metric LowCardinality(String),
-                step Int64,
-                value Float64,
-                time DateTime64(6, 'UTC')
-            ) ENGINE = ReplacingMergeTree(time)
-            ORDER BY (run_id, metric, step)
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS {db}.gpu_samples (
-                run_id String,
-                host LowCardinality(String),
-                gpu_index UInt16,
-                time DateTime64(6, 'UTC'),
-                gpu_uuid String,
-                gpu_model LowCardinality(String),
-                utilization_pct Nullable(Float32),
-                memory_used_bytes Nullable(UInt64),
-                memory_total_bytes Nullable(UInt64),
-                power_w Nullable(Float32),
-                temperature_c Nullable(Float32),
-                sm_clock_mhz Nullable(UInt32),
-                memory_clock_mhz Nullable(UInt32)
-            ) ENGINE = ReplacingMergeTree
-            ORDER BY (run_id, host, gpu_index, time)
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS {db}.run_finishes (
-                run_id String,
-                finished_at DateTime64(6, 'UTC'),
-                status LowCardinality(String),
-                exit_code Nullable(Int32),
-                error Nullable(String),
-                summary Map(String, Float64)
-            ) ENGINE = ReplacingMergeTree(finished_at)
-            ORDER BY run_id
-            """,
-        ),
+        "fact tables: runs, params, data versions, metric points, GPU and host samples, finishes",
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in FACT_TABLES),
     ),
     Migration(
         2,
-        "gpu_samples v2: power limit, throttle reasons, process GPU memory; host samples",
-        (
-            """
-            ALTER TABLE {db}.gpu_samples
-                ADD COLUMN IF NOT EXISTS power_limit_w Nullable(Float32),
-                ADD COLUMN IF NOT EXISTS throttle_reasons Nullable(UInt64),
-                ADD COLUMN IF NOT EXISTS process_memory_bytes Nullable(UInt64)
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS {db}.host_samples (
-                run_id String,
-                host LowCardinality(String),
-                time DateTime64(6, 'UTC'),
-                host_cpu_pct Nullable(Float32),
-                host_memory_used_bytes Nullable(UInt64),
-                host_memory_total_bytes Nullable(UInt64),
-                process_rss_bytes Nullable(UInt64)
-            ) ENGINE = ReplacingMergeTree
-            ORDER BY (run_id, host, time)
-            """,
-        ),
-    ),
-    Migration(
-        3,
-        "run_started v2 (distributed ranks, scheduler ids, diff hash, resume) and run_updated",
-        (
-            """
-            ALTER TABLE {db}.runs
-                ADD COLUMN IF NOT EXISTS git_diff_sha256 Nullable(String),
-                ADD COLUMN IF NOT EXISTS rank Nullable(Int32),
-                ADD COLUMN IF NOT EXISTS local_rank Nullable(Int32),
-                ADD COLUMN IF NOT EXISTS world_size Nullable(Int32),
-                ADD COLUMN IF NOT EXISTS scheduler Map(String, String),
-                ADD COLUMN IF NOT EXISTS resumed Bool DEFAULT false
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS {db}.run_data_versions (
-                run_id String,
-                name String,
-                version Nullable(String),
-                uri Nullable(String),
-                digest Nullable(String),
-                logged_at DateTime64(6, 'UTC')
-            ) ENGINE = ReplacingMergeTree(logged_at)
-            ORDER BY (run_id, name)
-            """,
-        ),
+        "rollups: metric_summary and gpu_usage (AggregatingMergeTree fed by materialized views)",
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in ROLLUP_TABLES)
+        + tuple(create_materialized_view_sql(mv, _DB) for mv in MATERIALIZED_VIEWS)
+        + tuple(create_view_sql(view, _DB) for view in VIEWS),
     ),
 )
 
@@ -164,16 +527,48 @@ CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
 """
 
 
-def applied_versions(client: Any, database: str) -> set[int]:
+def applied_migrations(client: Any, database: str) -> dict[int, str]:
+    """Version -> name of the migrations this database recorded."""
     client.command(_LEDGER.format(db=database))
-    query = f"SELECT DISTINCT version FROM {database}.schema_migrations"  # noqa: S608 - validated name
-    rows = client.query(query).result_rows
-    return {int(row[0]) for row in rows}
+    query = f"SELECT version, any(name) FROM {database}.schema_migrations GROUP BY version"  # noqa: S608
+    return {int(version): str(name) for version, name in client.query(query).result_rows}
 
 
-def migrate(client: Any, database: str) -> list[int]:
-    """Apply the migrations this database lacks; return their versions (empty when up to date)."""
-    done = applied_versions(client, database)
+def applied_versions(client: Any, database: str) -> set[int]:
+    return set(applied_migrations(client, database))
+
+
+def is_cluster_managed(client: Any, database: str) -> bool:
+    """True when `runstream migrate --cluster` laid this database out (metric_points is Distributed).
+
+    Single-server migrations must then do nothing: creating an MV here over the Distributed table
+    would count every point a second time next to the shards' own MVs.
+    """
+    rows = client.query(
+        "SELECT engine FROM system.tables WHERE database = {db:String} AND name = 'metric_points'",
+        parameters={"db": database},
+    ).result_rows
+    return bool(rows) and rows[0][0] == "Distributed"
+
+
+def migrate(client: Any, database: str, *, sample_ttl_days: int | None = None) -> list[int]:
+    """Apply the migrations this database lacks; return their versions (empty when up to date).
+
+    `sample_ttl_days` sets how long raw GPU and host samples are kept (their hourly rollup stays);
+    None leaves the current setting alone (the consumer calls this on every start), 0 removes it.
+    """
+    if is_cluster_managed(client, database):
+        log.info("%s is laid out for a cluster; `runstream migrate --cluster` manages it", database)
+        return []
+    done = applied_migrations(client, database)
+    known = {migration.version: migration.name for migration in MIGRATIONS}
+    stale = {version: name for version, name in done.items() if known.get(version) not in (None, name)}
+    if stale:
+        version, name = min(stale.items())
+        raise RuntimeError(
+            f"database {database!r} was created by a pre-release layout (migration {version} {name!r} "
+            f"is now {known[version]!r}); drop it (DROP DATABASE {database}) and run `runstream migrate` again"
+        )
     applied = []
     for migration in MIGRATIONS:
         if migration.version in done:
@@ -188,4 +583,39 @@ def migrate(client: Any, database: str) -> list[int]:
         )
         log.info("applied migration %d (%s) to %s", migration.version, migration.name, database)
         applied.append(migration.version)
+    if sample_ttl_days is not None:
+        set_sample_ttl(client, database, sample_ttl_days)
     return applied
+
+
+def ddl(database: str, *, sample_ttl_days: int | None = None) -> list[str]:
+    """Every migration's statements for `database`, in order (what `runstream migrate --print` shows)."""
+    statements = [statement.format(db=database).strip() for migration in MIGRATIONS
+                  for statement in migration.statements]
+    if sample_ttl_days:
+        statements += [f"ALTER TABLE {database}.{table.name} MODIFY {ttl_clause(sample_ttl_days)}"
+                       for table in TABLES if table.expires]
+    return statements
+
+
+def set_sample_ttl(client: Any, database: str, days: int) -> None:
+    """Keep raw GPU/host samples `days` days (0: forever). Whole monthly parts go once all their rows expired."""
+    if days < 0:
+        raise ValueError(f"sample_ttl_days: expected days >= 0 (0 keeps samples forever), got {days!r}")
+    for table in TABLES:
+        if not table.expires:
+            continue
+        name = f"{database}.{table.name}"
+        if days:
+            client.command(f"ALTER TABLE {name} MODIFY {ttl_clause(days)}")
+        elif has_ttl(client, database, table.name):
+            client.command(f"ALTER TABLE {name} REMOVE TTL")
+        log.info("raw samples in %s: %s", name, f"kept {days} days" if days else "kept forever")
+
+
+def has_ttl(client: Any, database: str, table: str) -> bool:
+    rows = client.query(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {table:String}",
+        parameters={"db": database, "table": table},
+    ).result_rows
+    return bool(rows) and " TTL " in rows[0][0]

@@ -180,9 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                       help="how long to wait for the broker to acknowledge each file (default %(default)s)")
 
-    migrate = commands.add_parser("migrate", help="create or upgrade runstream's tables",
-                                  description="Apply the schema migrations the database lacks (idempotent).")
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade runstream's tables",
+        description="Apply the schema migrations the database lacks (idempotent). With --cluster, create the "
+        "tables on every node of a ClickHouse cluster instead (ON CLUSTER DDL: Replicated tables named "
+        "<table>_local plus Distributed tables under the plain names), printing each statement as it runs. "
+        "--print only prints the DDL, connecting to nothing.",
+    )
     _add_clickhouse(migrate)
+    migrate.add_argument("--cluster", default=_env("RUNSTREAM_CLUSTER"), metavar="NAME",
+                         help="ClickHouse cluster (remote_servers) to lay the tables out on [env RUNSTREAM_CLUSTER]")
+    migrate.add_argument("--sharding-key", default=None, metavar="EXPR",
+                         help="with --cluster: the Distributed tables' sharding key (default cityHash64(run_id), "
+                         "which keeps each run, and so each fact's duplicates, on one shard)")
+    migrate.add_argument("--sample-ttl-days", type=int, default=None, metavar="DAYS",
+                         help="keep raw GPU and host samples this many days (their hourly rollup stays); "
+                         "0 keeps them forever; default: leave the current setting")
+    migrate.add_argument("--print", dest="print_only", action="store_true",
+                         help="print the DDL instead of applying it")
 
     query = commands.add_parser(
         "query",
@@ -290,11 +306,34 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from runstream.consumer.dsn import connect
-    from runstream.consumer.migrations import migrate
+    from runstream.consumer.cluster import DEFAULT_SHARDING_KEY, cluster_ddl
+    from runstream.consumer.dsn import connect, parse_dsn
+    from runstream.consumer.migrations import ddl, migrate
 
+    if args.sharding_key and not args.cluster:
+        raise ValueError("--sharding-key: only meaningful with --cluster")
+
+    def cluster_statements(database: str) -> list[str]:
+        return cluster_ddl(database, args.cluster, args.sharding_key or DEFAULT_SHARDING_KEY,
+                           sample_ttl_days=args.sample_ttl_days)
+
+    if args.print_only:
+        database = parse_dsn(args.clickhouse).database
+        if args.cluster:
+            statements = cluster_statements(database)
+        else:
+            statements = ddl(database, sample_ttl_days=args.sample_ttl_days)
+        print("\n\n".join(f"{statement};" for statement in statements))
+        return 0
     client, database = connect(args.clickhouse)
-    applied = migrate(client, database)
+    if args.cluster:
+        statements = cluster_statements(database)
+        for statement in statements:
+            print(f"{statement};\n", flush=True)
+            client.command(statement)
+        print(f"laid out {database} on cluster {args.cluster}: {len(statements)} statements")
+        return 0
+    applied = migrate(client, database, sample_ttl_days=args.sample_ttl_days)
     print(f"applied migrations {applied} to {database}" if applied else f"{database} is up to date")
     return 0
 
