@@ -36,6 +36,16 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "process_rss_bytes",
     ),
     "run_finishes": ("run_id", "finished_at", "status", "exit_code", "error", "summary"),
+    "drift_references": (
+        "model", "version", "feature", "kind", "run_id", "logged_at", "cut_points", "categories", "counts",
+        "total", "missing", "mean", "std", "min", "max", "sample",
+    ),
+    "drift_baselines": ("model", "version", "metric", "value", "run_id", "logged_at"),
+    "prediction_samples": (
+        "model", "version", "time", "sample_id", "host", "sample_rate", "prediction_value", "prediction_class",
+        "label_value", "label_class",
+    ),
+    "prediction_features": ("model", "version", "feature", "time", "sample_id", "value", "category"),
 }
 
 
@@ -219,6 +229,67 @@ class Batch:
             ("exit_code", r["exit_code"]), ("error", r["error"]), ("summary", r["summary"]),
         ):
             cols[name].append(value)
+
+    def _add_drift_reference(self, r: dict[str, Any], _now: int) -> None:
+        cols = self.columns["drift_references"]
+        for feature in r["features"]:
+            edges = feature["categories"] if feature["kind"] == "categorical" else feature["cut_points"]
+            bins = len(edges) + 1
+            if len(feature["counts"]) != bins:
+                raise InvalidEvent(
+                    "bad_reference_bins",
+                    f"drift_reference of {r['model']} {r['version']}: feature {feature['name']!r} has "
+                    f"{len(feature['counts'])} counts for {bins} bins",
+                )
+        for feature in r["features"]:
+            for name, value in (
+                ("model", r["model"]), ("version", r["version"]), ("feature", feature["name"]),
+                ("kind", feature["kind"]), ("run_id", r["run_id"]), ("logged_at", r["timestamp_us"]),
+                ("cut_points", feature["cut_points"]), ("categories", feature["categories"]),
+                ("counts", feature["counts"]), ("total", feature["count"]), ("missing", feature["missing"]),
+                ("mean", feature["mean"]), ("std", feature["std"]), ("min", feature["min"]),
+                ("max", feature["max"]), ("sample", feature["sample"]),
+            ):
+                cols[name].append(value)
+        base = self.columns["drift_baselines"]
+        for metric, value in r["baseline_metrics"].items():
+            for name, item in (("model", r["model"]), ("version", r["version"]), ("metric", metric),
+                               ("value", value), ("run_id", r["run_id"]), ("logged_at", r["timestamp_us"])):
+                base[name].append(item)
+
+    def _add_prediction_samples(self, r: dict[str, Any], now_us: int) -> None:
+        if any(sample["time_us"] > now_us + MAX_FUTURE_US for sample in r["samples"]):
+            raise InvalidEvent(
+                "future_timestamp", f"prediction_samples of {r['model']} {r['version']}: a sample is in the future"
+            )
+        model, version = r["model"], r["version"]
+        samples = self.columns["prediction_samples"]
+        features = self.columns["prediction_features"]
+
+        def feature_row(name: str, time_us: int, sample_id: str, value: float | None, category: str | None) -> None:
+            for column, item in (("model", model), ("version", version), ("feature", name), ("time", time_us),
+                                 ("sample_id", sample_id), ("value", value), ("category", category)):
+                features[column].append(item)
+
+        for sample in r["samples"]:
+            prediction, label = sample["prediction"], sample["label"]
+            for column, item in (
+                ("model", model), ("version", version), ("time", sample["time_us"]),
+                ("sample_id", sample["sample_id"]), ("host", r["host"]), ("sample_rate", r["sample_rate"]),
+                ("prediction_value", prediction if isinstance(prediction, float) else None),
+                ("prediction_class", prediction if isinstance(prediction, str) else None),
+                ("label_value", label if isinstance(label, float) else None),
+                ("label_class", label if isinstance(label, str) else None),
+            ):
+                samples[column].append(item)
+            for name, value in sample["numeric"].items():
+                feature_row(name, sample["time_us"], sample["sample_id"], value, None)
+            for name, category in sample["categorical"].items():
+                feature_row(name, sample["time_us"], sample["sample_id"], None, category)
+            if prediction is not None:  # the prediction's distribution is compared like a feature's
+                feature_row("prediction", sample["time_us"], sample["sample_id"],
+                            prediction if isinstance(prediction, float) else None,
+                            prediction if isinstance(prediction, str) else None)
 
 
 def describe(record: dict[str, Any]) -> str:

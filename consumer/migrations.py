@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.comparison import LOWER_IS_BETTER
+from runstream.consumer.monitoring_tables import COST_STATEMENTS, DRIFT_STATEMENTS
 
 log = logging.getLogger(__name__)
 
@@ -516,6 +517,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         + tuple(create_materialized_view_sql(mv, _DB) for mv in MATERIALIZED_VIEWS)
         + tuple(create_view_sql(view, _DB) for view in VIEWS),
     ),
+    Migration(3, "drift monitoring: references, baselines, prediction samples and features", DRIFT_STATEMENTS),
+    Migration(4, "GPU cost: price table and budgets, current_* views", COST_STATEMENTS),
 )
 
 _LEDGER = """

@@ -162,6 +162,33 @@ class Run:
         if self.is_lead:
             self._put_update(data_versions=[{"name": name, "version": version, "uri": uri, "digest": digest}])
 
+    def log_reference(
+        self,
+        features: Mapping[str, Any],
+        *,
+        model: str,
+        version: str,
+        predictions: Sequence[Any] | None = None,
+        baseline_metrics: Mapping[str, float] | None = None,
+        bins: int = 10,
+        kinds: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record what `model` `version` was trained on, the reference of drift monitoring.
+
+        `features` maps a feature name to its training values (numbers: quantile bins and a bounded
+        sample; strings: the most frequent categories) or to statistics computed elsewhere (a mapping
+        with `counts` and `cut_points` or `categories`). `predictions` on the same data and
+        `baseline_metrics` (e.g. validation accuracy) are the baselines of prediction and performance drift.
+        """
+        from runstream.producer.monitor import reference_record
+
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        record = reference_record(self.run_id, model, version, features, predictions=predictions,
+                                  baseline_metrics=baseline_metrics, bins=bins, kinds=kinds)
+        if self.is_lead:
+            self._worker.put(("event", "drift_reference", self.run_id, record))
+
     def _put_update(self, *, params: list[dict[str, Any]] | None = None,
                     data_versions: list[dict[str, Any]] | None = None) -> None:
         record = {

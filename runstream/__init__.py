@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from runstream.producer import ProducerSettings, Run, init
 from runstream.producer.data_versions import hash_path
+from runstream.producer.monitor import Monitor, monitor
 
 if TYPE_CHECKING:
     from runstream.analysis.client import Client
 
 __version__ = "0.1.0"
-__all__ = ["Client", "ProducerSettings", "Run", "__version__", "hash_path", "init"]
+__all__ = ["Client", "Monitor", "ProducerSettings", "Run", "__version__", "hash_path", "init", "monitor"]
 
 
 def __getattr__(name: str) -> Any:

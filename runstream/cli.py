@@ -18,6 +18,7 @@ from pathlib import Path
 from runstream import __version__
 from runstream.analysis import cli as analysis_cli
 from runstream.consumer.dsn import default_dsn
+from runstream.dashboards import cli as dashboards_cli
 from runstream.output import FORMATS, render
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
     _add_clickhouse(query)
     analysis_cli.add_parsers(commands)
+    dashboards_cli.add_parsers(commands)
     return parser
 
 
@@ -362,6 +364,7 @@ COMMANDS = {
     "migrate": _cmd_migrate,
     "query": _cmd_query,
     **analysis_cli.COMMANDS,
+    **dashboards_cli.COMMANDS,
 }
 
 

@@ -19,7 +19,11 @@ from fastavro.schema import to_parsing_canonical_form
 from runstream.schemas.fingerprint import fingerprint_bytes
 
 #: Event types of contract v1, in the order a run emits them. New types are added at the end.
-EVENT_TYPES = ("run_started", "metric_steps", "gpu_samples", "run_finished", "run_updated")
+#: drift_reference (training time) and prediction_samples (serving) feed drift monitoring.
+EVENT_TYPES = (
+    "run_started", "metric_steps", "gpu_samples", "run_finished", "run_updated", "drift_reference",
+    "prediction_samples",
+)
 
 _FILE_NAME = re.compile(r"^(?P<event_type>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
 

@@ -32,6 +32,17 @@ def sample(event_type: str) -> dict[str, object]:
             "command_line": ["python", "train.py"],
             "rank": 0, "local_rank": 0, "world_size": 8, "scheduler": {"slurm_job_id": "42"}, "resumed": False,
         },
+        "drift_reference": {"model": "churn", "version": "3", "features": [
+            {"name": "age", "kind": "numeric", "cut_points": [30.0, 50.0], "categories": [], "counts": [10, 20, 5],
+             "count": 35, "missing": 1, "mean": 41.0, "std": 9.5, "min": 18.0, "max": 90.0, "sample": [25.0, 44.0]},
+            {"name": "country", "kind": "categorical", "cut_points": [], "categories": ["de", "fr"],
+             "counts": [7, 3, 1], "count": 11, "missing": 0, "mean": None, "std": None, "min": None, "max": None,
+             "sample": []}],
+            "baseline_metrics": {"accuracy": 0.91}},
+        "prediction_samples": {"model": "churn", "version": "3", "host": "h", "sample_rate": 0.05, "samples": [
+            {"sample_id": "s-1", "time_us": 1, "numeric": {"age": 41.0, "income": None},
+             "categorical": {"country": "de"}, "prediction": "stay", "label": None},
+            {"sample_id": "s-2", "time_us": 2, "numeric": {}, "categorical": {}, "prediction": 0.7, "label": 1.0}]},
         "run_updated": {"params": [{"key": "lr", "value": 0.05}],
                         "data_versions": [{"name": "val", "version": None, "uri": "s3://b/val", "digest": None}]},
         "metric_steps": {"metric_names": ["loss", "acc"], "metric_index": [0, 1, 0], "steps": [1, 1, 2],

@@ -1,0 +1,324 @@
+"""Grafana dashboards as code (grafanalib): Runs, GPU fleet & cost, Drift (grafana-clickhouse-datasource)
+and Pipeline (the consumer's Prometheus metrics). `runstream dashboards build --out DIR` writes them.
+
+Every ClickHouse panel is a `Query` spec: its SQL (with the data source's macros and the dashboard's
+variables) and the columns it must return; tests/test_dashboards.py expands both and runs each query
+against chDB, so a panel whose query breaks fails the suite.
+"""
+
+# ruff: noqa: S608 - this module builds SQL from its own templates; database names are checked identifiers
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    import attr
+    import grafanalib  # type: ignore[import-untyped, unused-ignore]  # noqa: F401 - names the missing extra once
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError("building dashboards needs grafanalib: pip install 'runstream[dashboards]'") from error
+
+from runstream.dashboards import cost, drift
+
+CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
+PROMETHEUS = {"type": "prometheus", "uid": "${prometheus}"}
+DB = "${database}"  # the dashboards' database variable (default: runstream)
+TABLE, TIME_SERIES = 1, 0  # grafana-clickhouse-datasource result formats
+
+
+@dataclass(frozen=True)
+class Query:
+    title: str
+    sql: str
+    columns: tuple[str, ...]
+    panel: str = "timeseries"  # timeseries | table | heatmap | barchart | stat
+    unit: str = ""
+    width: int = 12
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    sql: str
+    multi: bool = True
+
+
+@dataclass(frozen=True)
+class PromQuery:
+    title: str
+    expr: str
+    legend: str
+    unit: str = ""
+
+
+@attr.s
+class ClickHouseTarget:
+    """A grafana-clickhouse-datasource SQL query (grafanalib has no target of its own for it)."""
+
+    rawSql: str = attr.ib()  # noqa: N815 - Grafana's field name
+    refId: str = attr.ib(default="A")  # noqa: N815
+    format: int = attr.ib(default=TIME_SERIES)
+
+    def to_json_data(self) -> dict[str, Any]:
+        return {"refId": self.refId, "datasource": CLICKHOUSE, "rawSql": self.rawSql, "format": self.format,
+                "queryType": "sql", "editorType": "sql", "editorMode": "code"}
+
+
+def _in(column: str, variable: str) -> str:
+    return f"{column} IN (${{{variable}:singlequote}})"
+
+
+_RUNS_FILTER = f"SELECT run_id, run_name, project FROM {DB}.runs FINAL WHERE {_in('project', 'project')} " \
+               f"AND {_in('run_id', 'run')}"
+_STATUS = f"(SELECT run_id, status FROM {DB}.run_finishes FINAL)"
+
+RUNS_VARIABLES = (
+    Variable("project", f"SELECT DISTINCT project FROM {DB}.runs ORDER BY project"),
+    Variable("run", f"SELECT run_name AS __text, run_id AS __value FROM {DB}.runs FINAL "
+                    f"WHERE {_in('project', 'project')} ORDER BY started_at DESC LIMIT 200"),
+    Variable("metric", f"SELECT DISTINCT metric FROM {DB}.metric_points WHERE {_in('run_id', 'run')} ORDER BY metric"),
+)
+
+RUNS = (
+    Query("Metric curves, overlaid", f"""
+SELECT p.time AS time, concat(r.run_name, ' ', p.metric) AS series, p.value AS value
+FROM {DB}.metric_points AS p FINAL
+INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
+WHERE $__timeFilter(p.time) AND {_in('p.metric', 'metric')}
+ORDER BY time""", ("time", "series", "value"), width=24),
+    Query("Leaderboard", f"""
+SELECT r.run_name AS run, p.metric AS metric, argMax(p.value, p.step) AS final, min(p.value) AS min,
+       max(p.value) AS max, max(p.step) AS last_step, ifNull(any(f.status), 'running') AS status
+FROM {DB}.metric_points AS p FINAL
+INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
+LEFT JOIN {_STATUS} AS f ON p.run_id = f.run_id
+WHERE {_in('p.metric', 'metric')}
+GROUP BY run, metric
+ORDER BY metric, final DESC
+SETTINGS join_use_nulls = 1""", ("run", "metric", "final", "min", "max", "last_step", "status"), "table"),
+    Query("Params of the selected runs", f"""
+SELECT r.run_name AS run, p.key AS param, p.value_string AS value
+FROM {DB}.run_params AS p FINAL
+INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
+ORDER BY param, run""", ("run", "param", "value"), "table"),
+    Query("Run status over time", f"""
+SELECT $__timeInterval(r.started_at) AS time, ifNull(f.status, 'running') AS status, count() AS runs
+FROM {DB}.runs AS r FINAL
+LEFT JOIN {_STATUS} AS f ON r.run_id = f.run_id
+WHERE $__timeFilter(r.started_at) AND {_in('r.project', 'project')}
+GROUP BY time, status
+ORDER BY time
+SETTINGS join_use_nulls = 1""", ("time", "status", "runs"), "barchart"),
+)
+
+
+def _cost(bucket: str) -> str:
+    return cost.cost_sql(DB, drift.GrafanaMacros(), bucket=bucket)
+
+
+COST_VARIABLES = (Variable("project", f"SELECT DISTINCT project FROM {DB}.runs ORDER BY project"),)
+
+COST = (
+    Query("GPU utilisation by host / GPU", f"""
+SELECT $__timeInterval(time) AS time, concat(host, '/', toString(gpu_index)) AS gpu,
+       avg(utilization_pct) AS utilization_pct
+FROM {DB}.gpu_samples FINAL
+WHERE $__timeFilter(time)
+GROUP BY time, gpu ORDER BY time""", ("time", "gpu", "utilization_pct"), "heatmap", "percent"),
+    Query("GPU memory by host / GPU", f"""
+SELECT $__timeInterval(time) AS time, concat(host, '/', toString(gpu_index)) AS gpu,
+       max(memory_used_bytes) / max(memory_total_bytes) * 100 AS memory_used_pct
+FROM {DB}.gpu_samples FINAL
+WHERE $__timeFilter(time)
+GROUP BY time, gpu ORDER BY time""", ("time", "gpu", "memory_used_pct"), "heatmap", "percent"),
+    Query("GPU cost by project per day", f"""
+SELECT toDateTime(bucket) AS time, project, sum(cost_usd) AS cost_usd
+FROM ({_cost('toDate(time)')})
+WHERE {_in('project', 'project')}
+GROUP BY time, project ORDER BY time""", ("time", "project", "cost_usd"), "barchart", "currencyUSD"),
+    Query("GPU-hours, cost and idle cost by project", f"""
+SELECT project, sum(gpu_seconds) / 3600 AS gpu_hours, sum(cost_usd) AS cost_usd,
+       sum(idle_seconds) / 3600 AS idle_gpu_hours, sum(idle_cost_usd) AS idle_cost_usd, sum(energy_kwh) AS energy_kwh
+FROM ({_cost('toDate(time)')})
+WHERE {_in('project', 'project')}
+GROUP BY project ORDER BY cost_usd DESC""",
+          ("project", "gpu_hours", "cost_usd", "idle_gpu_hours", "idle_cost_usd", "energy_kwh"), "table"),
+    Query("Cost by user", f"""
+SELECT user, sum(gpu_seconds) / 3600 AS gpu_hours, sum(cost_usd) AS cost_usd, sum(idle_cost_usd) AS idle_cost_usd
+FROM ({_cost('toDate(time)')})
+WHERE {_in('project', 'project')}
+GROUP BY user ORDER BY cost_usd DESC""", ("user", "gpu_hours", "cost_usd", "idle_cost_usd"), "table"),
+    Query("Most expensive runs", f"""
+SELECT r.run_name AS run, c.project AS project, sum(c.gpu_seconds) / 3600 AS gpu_hours, sum(c.cost_usd) AS cost_usd,
+       sum(c.idle_cost_usd) AS idle_cost_usd, any(c.usd_per_gpu_hour) AS usd_per_gpu_hour
+FROM ({_cost('toDate(time)')}) AS c
+LEFT JOIN (SELECT run_id, run_name FROM {DB}.runs FINAL) AS r ON c.run_id = r.run_id
+WHERE {_in('c.project', 'project')}
+GROUP BY run, project ORDER BY cost_usd DESC LIMIT 20""",
+          ("run", "project", "gpu_hours", "cost_usd", "idle_cost_usd", "usd_per_gpu_hour"), "table"),
+    Query("Idle GPU-hours (utilisation below the threshold)", f"""
+SELECT $__timeInterval(time) AS time, project, sum(idle_seconds) / 3600 AS idle_gpu_hours
+FROM ({_cost('$__timeInterval(time)')})
+WHERE {_in('project', 'project')}
+GROUP BY time, project ORDER BY time""".replace("$__timeInterval(time) AS time,", "bucket AS time,", 1),
+          ("time", "project", "idle_gpu_hours"), "barchart"),
+    Query("Energy (kWh) per day", f"""
+SELECT toDateTime(bucket) AS time, sum(energy_kwh) AS energy_kwh
+FROM ({_cost('toDate(time)')})
+GROUP BY time ORDER BY time""", ("time", "energy_kwh"), "barchart", "kwatth"),
+)
+
+_MODEL = "f.model = '${model}' AND f.version IN (${version:singlequote})"
+
+DRIFT_VARIABLES = (
+    Variable("model", f"SELECT DISTINCT model FROM {DB}.drift_references ORDER BY model", multi=False),
+    Variable("version", f"SELECT DISTINCT version FROM {DB}.drift_references WHERE model = '${{model}}' "
+                        "ORDER BY version"),
+    Variable("feature", f"SELECT DISTINCT feature FROM {DB}.drift_references WHERE model = '${{model}}' "
+                        "ORDER BY feature"),
+)
+
+DRIFT = (
+    Query(f"PSI per feature (alert above {drift.PSI_ALERT_THRESHOLD})", f"""
+SELECT window_start AS time, concat(feature, ' v', version) AS series, psi
+FROM ({drift.psi_sql(DB, drift.GrafanaMacros(), _MODEL)})
+WHERE {_in('feature', 'feature')}
+ORDER BY time""", ("time", "series", "psi"), width=24),
+    Query("Kolmogorov-Smirnov distance per numeric feature", f"""
+SELECT window_start AS time, concat(feature, ' v', version) AS series, ks
+FROM ({drift.ks_sql(DB, drift.GrafanaMacros(), _MODEL)})
+WHERE {_in('feature', 'feature')}
+ORDER BY time""", ("time", "series", "ks")),
+    Query("Prediction distribution vs reference", f"""
+SELECT bin, reference_share, live_share
+FROM ({drift.distribution_sql(DB, drift.GrafanaMacros(), _MODEL, 'prediction')})""",
+          ("bin", "reference_share", "live_share"), "barchart", "percentunit"),
+    Query("Live accuracy vs training baseline", f"""
+SELECT window_start AS time, value AS live, baseline
+FROM ({drift.performance_sql(DB, drift.GrafanaMacros(), _MODEL)})
+WHERE metric = 'accuracy'
+ORDER BY time""", ("time", "live", "baseline"), unit="percentunit"),
+)
+
+PIPELINE = (
+    PromQuery("Events stored per second", "sum by (event_type) (rate(runstream_consumer_events_total[5m]))",
+              "{{event_type}}", "ops"),
+    PromQuery("Metric points per second", "sum(rate(runstream_consumer_metric_points_total[5m]))", "points/s", "ops"),
+    PromQuery("Consumer lag (messages)", "sum by (topic) (runstream_consumer_lag)", "{{topic}}"),
+    PromQuery("Dead letters (per 5 minutes)", "sum by (reason) (increase(runstream_consumer_dead_letters_total[5m]))",
+              "{{reason}}"),
+    PromQuery("Insert latency p99", "histogram_quantile(0.99, sum by (le) "
+              "(rate(runstream_consumer_insert_seconds_bucket[5m])))", "p99", "s"),
+    PromQuery("Seconds since the last commit", "time() - runstream_consumer_last_commit_timestamp_seconds",
+              "{{instance}}", "s"),
+)
+
+DASHBOARDS: dict[str, tuple[str, tuple[Variable, ...], tuple[Query, ...]]] = {
+    "runstream-runs": ("runstream · Runs", RUNS_VARIABLES, RUNS),
+    "runstream-gpu-cost": ("runstream · GPU fleet & cost", COST_VARIABLES, COST),
+    "runstream-drift": ("runstream · Drift", DRIFT_VARIABLES, DRIFT),
+}
+
+
+def _panel(query: Query, x: int, y: int) -> Any:
+    from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
+
+    target = ClickHouseTarget(query.sql.strip(), format=TABLE if query.panel in ("table", "barchart") else TIME_SERIES)
+    grid = core.GridPos(h=8, w=query.width, x=x, y=y)
+    common: dict[str, Any] = {"title": query.title, "dataSource": CLICKHOUSE, "targets": [target], "gridPos": grid}
+    if query.panel == "table":
+        return core.Table(**common, unit=query.unit or "short")
+    if query.panel == "heatmap":
+        return core.Heatmap(**common)
+    if query.panel == "barchart":
+        return core.BarChart(**common) if hasattr(core, "BarChart") else core.TimeSeries(**common, drawStyle="bars")
+    return core.TimeSeries(**common, unit=query.unit or "short")
+
+
+def _template(variable: Variable) -> Any:
+    from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
+
+    return core.Template(name=variable.name, query=variable.sql, dataSource=CLICKHOUSE, type="query",
+                         includeAll=variable.multi, multi=variable.multi, refresh=2,
+                         default="$__all" if variable.multi else None)
+
+
+def _base_templates() -> list[Any]:
+    from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
+
+    return [
+        core.Template(name="datasource", query="grafana-clickhouse-datasource", type="datasource",
+                      label="ClickHouse", default="runstream-clickhouse"),
+        core.Template(name="database", query="runstream", type="constant", default="runstream", hide=2),
+    ]
+
+
+def _layout(queries: tuple[Any, ...], make: Any) -> list[Any]:
+    panels, x, y = [], 0, 0
+    for query in queries:
+        width = getattr(query, "width", 12)
+        if x + width > 24:
+            x, y = 0, y + 8
+        panels.append(make(query, x, y))
+        x += width
+    return panels
+
+
+def dashboards() -> dict[str, Any]:
+    """uid -> grafanalib Dashboard."""
+    from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
+
+    built = {}
+    for uid, (title, variables, queries) in DASHBOARDS.items():
+        built[uid] = core.Dashboard(
+            title=title, uid=uid, tags=["runstream"], timezone="utc", refresh="1m",
+            time=core.Time("now-24h", "now"),
+            templating=core.Templating(_base_templates() + [_template(v) for v in variables]),
+            panels=_layout(queries, _panel),
+        ).auto_panel_ids()
+
+    def prom_panel(query: PromQuery, x: int, y: int) -> Any:
+        return core.TimeSeries(title=query.title, dataSource=PROMETHEUS, unit=query.unit or "short",
+                               targets=[core.Target(expr=query.expr, legendFormat=query.legend, refId="A",
+                                                    datasource=PROMETHEUS)],
+                               gridPos=core.GridPos(h=8, w=12, x=x, y=y))
+
+    built["runstream-pipeline"] = core.Dashboard(
+        title="runstream · Pipeline", uid="runstream-pipeline", tags=["runstream"], timezone="utc", refresh="30s",
+        time=core.Time("now-6h", "now"),
+        templating=core.Templating([core.Template(name="prometheus", query="prometheus", type="datasource",
+                                                  label="Prometheus", default="prometheus")]),
+        panels=_layout(PIPELINE, prom_panel),
+    ).auto_panel_ids()
+    return built
+
+
+def to_json(obj: Any) -> dict[str, Any]:
+    from grafanalib._gen import DashboardEncoder  # type: ignore[import-untyped, unused-ignore]
+
+    data: dict[str, Any] = json.loads(json.dumps(obj.to_json_data(), cls=DashboardEncoder))
+    return data
+
+
+def build(out: Path, *, prometheus_rules: bool = True) -> list[Path]:
+    """Write every dashboard as `<uid>.json`, and the Grafana and Prometheus alert rules, under `out`."""
+    from runstream.dashboards import alerts
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for uid, dashboard in dashboards().items():
+        path = out / f"{uid}.json"
+        path.write_text(json.dumps(to_json(dashboard), indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    group = to_json(alerts.grafana_alert_group())
+    rules = out / "grafana-alert-rules.json"
+    rules.write_text(json.dumps({"apiVersion": 1, "groups": [{"orgId": 1, **group}]}, indent=2) + "\n")
+    written.append(rules)
+    if prometheus_rules:
+        path = out / "runstream-alerts.yml"
+        path.write_text(alerts.render_prometheus_rules())
+        written.append(path)
+    return written
