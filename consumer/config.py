@@ -109,7 +109,8 @@ def read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _with_credentials(dsn: str, user: str | None, password: str | None) -> str:
+def with_credentials(dsn: str, user: str | None, password: str | None) -> str:
+    """The DSN with a user and password put in (percent-encoded), for credentials kept out of DSNs."""
     if not user and not password:
         return dsn
     parsed = urlparse(dsn)
@@ -154,7 +155,7 @@ def load_consumer_config(
     clickhouse_file = data.get("clickhouse", {})
     user = environment.get(CLICKHOUSE_KEYS["user"]) or clickhouse_file.get("user")
     password = environment.get(CLICKHOUSE_KEYS["password"]) or clickhouse_file.get("password")
-    dsn = _with_credentials(merged["clickhouse"] or default_dsn(), user, password)
+    dsn = with_credentials(merged["clickhouse"] or default_dsn(), user, password)
     try:
         settings = ConsumerSettings(
             kafka=merged["kafka"], clickhouse=dsn, topic_prefix=merged["topic_prefix"], group_id=merged["group"],

@@ -24,15 +24,21 @@ Handler = Callable[[argparse.Namespace], int]
 def _clickhouse(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clickhouse", default=os.environ.get("RUNSTREAM_CLICKHOUSE") or default_dsn(), metavar="DSN",
-        help="ClickHouse: chdb:///abs/path or http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE]",
+        help="ClickHouse: chdb:///abs/path or http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE; "
+        "RUNSTREAM_CLICKHOUSE_USER and RUNSTREAM_CLICKHOUSE_PASSWORD add credentials to an http(s) DSN]",
     )
 
 
 def _connect(args: argparse.Namespace) -> tuple[Any, str]:
+    from runstream.consumer.config import with_credentials
     from runstream.consumer.dsn import connect
     from runstream.consumer.migrations import migrate
 
-    client, database = connect(args.clickhouse)
+    dsn = args.clickhouse
+    if dsn.startswith(("http://", "https://")):  # credentials from the environment, as for `consume`
+        dsn = with_credentials(dsn, os.environ.get("RUNSTREAM_CLICKHOUSE_USER"),
+                               os.environ.get("RUNSTREAM_CLICKHOUSE_PASSWORD"))
+    client, database = connect(dsn)
     migrate(client, database)
     return client, database
 
