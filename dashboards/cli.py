@@ -1,7 +1,8 @@
 """The monitoring commands of the `runstream` CLI; `runstream/cli.py` adds them with `add_parsers`.
 
 monitor (Prometheus gauges of drift, performance, cost and budgets), dashboards build (Grafana JSON,
-Grafana and Prometheus alert rules), cost load / cost report / cost budgets, drift (scores as a table).
+Grafana and Prometheus alert rules), dashboards preview (PNGs of the dashboards on demo data),
+cost load / cost report / cost budgets, drift (scores as a table).
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def add_parsers(commands: Any) -> None:
                            description="Write runstream-{runs,gpu-cost,drift,pipeline}.json, "
                            "grafana-alert-rules.json and runstream-alerts.yml (Prometheus) into --out.")
     build.add_argument("--out", type=Path, required=True, metavar="DIR")
+    preview = sub.add_parser("preview", help="draw PNG previews of the dashboards from demo data",
+                             description="Load the demo data set into a throw-away chDB, run every ClickHouse "
+                             "panel's query as Grafana would, and draw each dashboard (Runs, GPU fleet & cost, "
+                             "Drift) to DIR/<uid>.png with matplotlib. The Pipeline dashboard reads Prometheus "
+                             "and is not previewed.")
+    preview.add_argument("--out", type=Path, required=True, metavar="DIR")
 
     cost = commands.add_parser("cost", help="GPU price table, cost reports and budgets")
     cost_sub = cost.add_subparsers(dest="cost_command", required=True, metavar="COMMAND")
@@ -108,6 +115,16 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
+    if args.dashboards_command == "preview":
+        from runstream.dashboards import preview
+
+        for uid, results in preview.demo_previews(args.out).items():
+            empty = [r.query.title for r in results if not r.rows]
+            print(f"{args.out / (uid + '.png')}" + (f"  (no rows: {', '.join(empty)})" if empty else ""))
+        for uid, why in preview.NOT_PREVIEWABLE.items():
+            print(f"{uid}: not previewed ({why})")
+        return 0
+
     from runstream.dashboards.build import build
 
     for path in build(args.out):

@@ -6,85 +6,31 @@ dashboard's PromQL is checked by promtool. A panel whose query breaks fails here
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
-import re
 import shutil
 import subprocess
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
-import runstream
-from runstream.consumer import ClickHouseSink, connect, ingest_spool
-from runstream.consumer.migrations import migrate
-from runstream.dashboards import build, cost
-from runstream.demo import fleet, simulate_run
-from runstream.producer.run import Run
-from runstream.producer.settings import ProducerSettings
-
-INTERVAL_S = 60
-
-
-def expand(sql: str, db: str, variables: dict[str, list[str]], start: dt.datetime, end: dt.datetime) -> str:
-    """What Grafana and grafana-clickhouse-datasource send for this panel."""
-    frm, to = int(start.timestamp()), int(end.timestamp())
-    sql = sql.replace("${database}", db)
-    sql = re.sub(r"\$__timeFilter\(([^)]+)\)",
-                 lambda m: f"{m[1]} >= toDateTime({frm}) AND {m[1]} <= toDateTime({to})", sql)
-    sql = re.sub(r"\$__timeInterval\(([^)]+)\)",
-                 lambda m: f"toStartOfInterval(toDateTime({m[1]}), INTERVAL {INTERVAL_S} second)", sql)
-    for name, values in variables.items():
-        quoted = ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
-        sql = sql.replace(f"${{{name}:singlequote}}", quoted).replace(f"${{{name}}}", values[0] if values else "")
-    assert "$" not in sql, f"unexpanded macro or variable in: {sql[:300]}"
-    return sql
+from runstream.consumer import connect
+from runstream.dashboards import build, preview
 
 
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory, clickhouse_base: str) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("dash")
-    spool = tmp / "spool"
-    settings = ProducerSettings(spool=spool, sample_interval_s=0)
-    for sim in fleet(3):
-        simulate_run(sim, "demo", 120, settings)
-    rng = np.random.default_rng(5)
-    with Run(project="demo", settings=settings) as run:
-        run.log_reference({"x": rng.normal(0, 1, 1000), "country": list(rng.choice(["de", "fr"], 1000))},
-                          model="churn", version="1", predictions=list(rng.choice(["stay", "leave"], 1000)),
-                          baseline_metrics={"accuracy": 0.9})
-    monitor = runstream.monitor("churn", "1", sample_rate=1.0, spool=str(spool))
-    now_us = time.time_ns() // 1000
-    for i, x in enumerate(rng.normal(0.8, 1, 600)):
-        monitor.log({"x": float(x), "country": str(rng.choice(["de", "fr", "it"]))}, prediction="stay",
-                    label=str(rng.choice(["stay", "leave"])), time_us=now_us - 1_800_000_000 + i * 3_000_000)
-    monitor.close()
     dsn = f"{clickhouse_base}?database=dash_{int(time.time() * 1000)}" if clickhouse_base.startswith("chdb:") \
         else f"{clickhouse_base}/dash_{int(time.time() * 1000)}"
     client, db = connect(dsn)
-    migrate(client, db)
-    assert not ingest_spool(spool, ClickHouseSink(dsn, client=client, database=db)).rejected
-    cost.store_price_table(client, db, cost.parse_price_table(
-        {"prices": [{"gpu_model": "NVIDIA H100 80GB HBM3", "usd_per_gpu_hour": 2.49}],
-         "budgets": [{"project": "demo", "usd_per_month": 1000}]}))
+    preview.load_demo(client, db, dsn, tmp / "spool")
     return {"client": client, "db": db}
-
-
-def _variables(client: Any, db: str, variables: tuple[build.Variable, ...], start: dt.datetime,
-               end: dt.datetime) -> dict[str, list[str]]:
-    """Run each variable's query in order, as Grafana does, and select all of its values."""
-    values: dict[str, list[str]] = {}
-    for variable in variables:
-        result = client.query(expand(variable.sql, db, values, start, end))
-        column = result.column_names.index("__value") if "__value" in result.column_names else 0
-        values[variable.name] = [str(row[column]) for row in result.result_rows]
-        assert values[variable.name], f"variable {variable.name} has no values"
-        if not variable.multi:
-            values[variable.name] = values[variable.name][:1]
-    return values
 
 
 PANELS = [(uid, query) for uid, (_, _, queries) in build.DASHBOARDS.items() for query in queries]
@@ -97,8 +43,9 @@ def test_every_panel_query_runs_in_clickhouse_and_returns_its_columns(demo_db: d
     client, db = demo_db["client"], demo_db["db"]
     end = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
     start = end - dt.timedelta(hours=24)
-    variables = _variables(client, db, build.DASHBOARDS[uid][1], start, end)
-    result = client.query(expand(query.sql, db, variables, start, end))
+    variables = preview.variable_values(client, db, build.DASHBOARDS[uid][1], start, end)
+    assert all(variables.values()), f"a variable has no values: {variables}"
+    result = client.query(preview.expand(query.sql, db, variables, start, end))
     assert tuple(result.column_names) == query.columns
     assert result.result_rows, f"{query.title}: no rows although the demo has data"
 
@@ -149,3 +96,116 @@ def test_provisioning_points_at_the_built_dashboards() -> None:
     assert {"grafana-clickhouse-datasource", "prometheus"} <= types
     providers = yaml.safe_load((root / "provisioning" / "dashboards" / "runstream.yml").read_text())
     assert providers["providers"][0]["options"]["path"]
+
+
+# Keys grafanalib still writes from Grafana's pre-schema (angular) era. Grafana's dashboard model has no field
+# for them; its schema migrations drop them on load. Any other key the model does not know fails the test.
+GRAFANALIB_LEGACY_KEYS = {
+    "__inputs", "hideControls", "rows", "sharedCrosshair",  # dashboard
+    "editable", "error", "hideTimeOverride",  # every panel
+    "color", "columns", "fontSize", "mappings",  # old table panel
+    "cards", "dataFormat", "heatmap", "hideZeroBuckets", "highlightCards", "legend", "reverseYBuckets",  # old heatmap
+    "tooltip", "xAxis", "yAxis",
+    "useTags", "tags",  # variables (current.tags)
+    "query", "target", "metric", "step",  # old Prometheus target fields (expr is the model's)
+}
+
+
+def _without_nulls(value: Any) -> Any:
+    """grafanalib writes `null` for unset optional fields; the model (and Grafana) read them as absent."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _type_errors(value: Any, hint: Any, path: str) -> list[str]:
+    """Check a decoded grafana-foundation-sdk object against the type hints generated from Grafana's schema."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or hint is object:
+        return []
+    if origin in (typing.Union, types.UnionType):
+        members = [h for h in args if h is not type(None)]
+        if value is None and len(members) < len(args):
+            return []
+        errors: list[str] = []
+        for member in members:
+            found = _type_errors(value, member, path)
+            if not found:
+                return []
+            errors = errors or found
+        return errors
+    if origin is typing.Literal:
+        return [] if value in args else [f"{path}: {value!r} is not one of {args}"]
+    if origin in (list, dict):
+        if not isinstance(value, origin):
+            return [f"{path}: expected a {origin.__name__}, got {value!r:.60}"]
+        items = enumerate(value) if origin is list else value.items()
+        return [e for key, item in items for e in _type_errors(item, args[-1], f"{path}[{key!r}]")]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return [] if value in {m.value for m in hint} else [f"{path}: {value!r} is not a {hint.__name__}"]
+    if hint in (int, float):
+        ok = isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: expected {hint.__name__}, got {value!r:.60}"]
+    if isinstance(hint, type):
+        if not isinstance(value, hint):
+            return [f"{path}: expected {hint.__name__}, got {value!r:.60}"]
+        if not type(value).__module__.startswith("grafana_foundation_sdk.models"):
+            return []
+        return [e for name, field in typing.get_type_hints(type(value)).items()
+                for e in _type_errors(getattr(value, name), field, f"{path}.{name}")]
+    return [f"{path}: unsupported type hint {hint!r}"]
+
+
+def _unknown_keys(ours: Any, model: Any, path: str) -> list[str]:
+    """Keys of our JSON that do not survive a round trip through the model: fields Grafana does not know."""
+    if isinstance(ours, dict) and isinstance(model, dict):
+        return [e for key, value in ours.items()
+                for e in ([] if key in GRAFANALIB_LEGACY_KEYS else
+                          [f"{path}.{key}"] if key not in model else _unknown_keys(value, model[key], f"{path}.{key}"))]
+    if isinstance(ours, list) and isinstance(model, list) and len(ours) == len(model):
+        pairs = enumerate(zip(ours, model, strict=True))
+        return [e for i, (a, b) in pairs for e in _unknown_keys(a, b, f"{path}[{i}]")]
+    if isinstance(ours, list) and ours == [] and path.endswith(".options"):
+        return []  # grafanalib's old heatmap writes `options: []`; Grafana's heatmap migration replaces it
+    return [] if type(ours) is type(model) or {type(ours), type(model)} <= {int, float} else \
+        [f"{path}: {ours!r:.60} became {model!r:.60}"]
+
+
+def test_dashboards_validate_against_grafanas_dashboard_model(tmp_path: Path) -> None:
+    """Decode each dashboard with grafana-foundation-sdk (Python types generated from Grafana's CUE schemas, panel
+    options and Prometheus queries included), type-check every field, and fail on keys the model does not know."""
+    try:
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+        from grafana_foundation_sdk.cog.plugins import register_default_plugins
+        from grafana_foundation_sdk.models.dashboard import Dashboard, Panel
+    except ImportError:
+        pytest.fail("grafana-foundation-sdk is not installed: pip install 'runstream[dev]'", pytrace=False)
+    register_default_plugins()  # decode panel options/fieldConfig and Prometheus targets into their own types
+    checked = 0
+    for path in build.build(tmp_path, prometheus_rules=False):
+        if not path.name.startswith("runstream-"):
+            continue
+        data = _without_nulls(json.loads(path.read_text()))
+        model = Dashboard.from_json(data)
+        assert not _type_errors(model, Dashboard, path.stem), _type_errors(model, Dashboard, path.stem)
+        assert all(isinstance(p, Panel) for p in model.panels or []), path.name
+        round_trip = json.loads(json.dumps(model, cls=JSONEncoder))
+        unknown = _unknown_keys(data, round_trip, path.stem)
+        assert not unknown, f"fields not in Grafana's dashboard model: {unknown}"
+        checked += 1
+    assert checked == 4
+
+
+@pytest.mark.integration
+def test_previews_draw_every_clickhouse_dashboard_from_rows(demo_db: dict[str, Any], tmp_path: Path) -> None:
+    drawn = preview.previews(demo_db["client"], demo_db["db"], tmp_path)
+    assert set(drawn) == set(build.DASHBOARDS) and not set(drawn) & set(preview.NOT_PREVIEWABLE)
+    for uid, results in drawn.items():
+        png = tmp_path / f"{uid}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert 20_000 < png.stat().st_size < 300_000, f"{png.name}: {png.stat().st_size} bytes"
+        assert len(results) == len(build.DASHBOARDS[uid][2])
+        empty = [r.query.title for r in results if not r.rows]
+        assert not empty, f"{uid}: panels drawn without rows: {empty}"
