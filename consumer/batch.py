@@ -6,7 +6,6 @@ than building a Python object per point.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from typing import Any
@@ -290,8 +289,3 @@ class Batch:
                 feature_row("prediction", sample["time_us"], sample["sample_id"],
                             prediction if isinstance(prediction, float) else None,
                             prediction if isinstance(prediction, str) else None)
-
-
-def describe(record: dict[str, Any]) -> str:
-    """A short JSON rendering of an event, for dead-letter messages and logs."""
-    return json.dumps({k: record.get(k) for k in ("event_id", "run_id", "timestamp_us")})

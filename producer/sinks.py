@@ -188,8 +188,9 @@ class KafkaSink:
         self.spooled += 1
 
     def _spool_undelivered(self) -> None:
-        while self._undelivered:
-            event_type, record = self._decoder.decode(self._undelivered.pop(0))
+        failed, self._undelivered = self._undelivered, []
+        for value in failed:
+            event_type, record = self._decoder.decode(value)
             self._spool(event_type, record["run_id"], record)
 
     def flush(self, timeout: float) -> int:
