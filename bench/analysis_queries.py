@@ -2,18 +2,27 @@
 
     .venv/bin/python bench/analysis_queries.py                       # 1,000 runs x 100,000 steps x 2 metrics
     .venv/bin/python bench/analysis_queries.py --points 10000000     # a quick run: fewer steps per run
+    /tmp/mlvenv/bin/python bench/analysis_queries.py --mlflow --reuse      # + MLflow side by side
 
 The project is written with INSERT ... SELECT FROM numbers() into the real tables (so the consumer's
 materialized views run as they do in production), in slices of runs to bound memory. Each question is
 timed as the CLI answers it (the same Python functions, including their validation queries), after
 one warm-up, and the median of --repeat runs is printed as a markdown table.
 
-Not measured yet: the same questions through MLflow's API over a local SQL store, for a ratio.
+--mlflow (needs `pip install mlflow scipy`): a smaller project (--mlflow-runs x --mlflow-steps x
+--metrics, default 100 x 2,000 x 2 = 400,000 points) is generated the same way into a second
+database of the same chDB, then copied point for point into an MLflow sqlite store
+(MlflowClient.log_batch, 1,000 metrics a call; params logged as MLflow stores them, as text). The
+same questions are timed on both, in this process: runstream through the CLI's functions, MLflow
+through its own client API plus the Python a user would write around it (mlflow_* below). The
+answers are compared, and a markdown table with the ratio is printed before the large-scale one.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -23,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream.analysis import queries
-from runstream.analysis.importance import importance
+from runstream.analysis.importance import eta_squared, importance
 from runstream.analysis.views import ensure_views
 from runstream.consumer import ClickHouseSink
 
@@ -94,6 +103,306 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return statistics.median(times) * 1000, result
 
 
+def prepare(client: Any, db: str, runs: int, steps: int, metrics: int, slice_runs: int,
+            reuse: bool) -> tuple[int, int]:
+    """Generate the project into `db` (unless --reuse finds one of this size); points and bytes on disk."""
+    have = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
+    want = runs * steps * metrics
+    if not (reuse and have == want):
+        for table in ("runs", "run_params", "run_finishes", "metric_points", "metric_summary_states"):
+            client.command(f"TRUNCATE TABLE {db}.{table}")
+        print(f"generating {runs:,} runs x {steps:,} steps x {metrics} metrics = {want:,} points into {db} ...",
+              file=sys.stderr)
+        start = time.monotonic()
+        generate(client, db, runs, steps, metrics, slice_runs)
+        print(f"  generated in {time.monotonic() - start:.0f}s", file=sys.stderr)
+    ensure_views(client, db)
+    points = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
+    size = client.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {db:String} AND active",
+                        parameters={"db": db}).result_rows[0][0]
+    return points, size
+
+
+def overlay_runs(runs: int) -> list[str]:
+    return [f"run-{i:06d}" for i in range(0, runs, max(1, runs // 10))][:10]
+
+
+Question = tuple[str, Callable[[], Any], Callable[[Any], str]]
+
+
+def runstream_questions(client: Any, db: str, runs: int) -> list[Question]:
+    overlay = overlay_runs(runs)
+    return [
+        ("leaderboard (best acc, top 10)", lambda: queries.leaderboard(client, db, PROJECT, "acc", "max", 10),
+         lambda t: f"#1 {t.rows[0][2]} acc={t.rows[0][4]:.4f}"),
+        ("10-run curve overlay, 1,000 points each",
+         lambda: queries.metric_history(client, db, overlay, ["acc"], points=1000),
+         lambda t: f"{len(t.rows)} points"),
+        (f"filter `{WHERE}`, sorted, limit 20",
+         lambda: queries.runs(client, db, project=PROJECT, where=WHERE, sort="-metrics.acc", limit=20),
+         lambda t: f"{len(t.rows)} runs"),
+        ("importance of params for acc", lambda: importance(client, db, PROJECT, "acc"),
+         lambda t: f"top: {t.rows[0][0]} {t.rows[0][4]:+.2f}"),
+    ]
+
+
+def time_all(questions: list[Question], repeat: int, side: str) -> list[tuple[str, float, Any, str]]:
+    results = []
+    for label, fn, check in questions:
+        median_ms, result = timed(fn, repeat)
+        results.append((label, median_ms, result, check(result)))
+        print(f"  {side}: {label}: {median_ms:.1f} ms", file=sys.stderr)
+    return results
+
+
+# --- MLflow: the same runs in a local sqlite store, the same questions through MLflow's client API ---
+
+MLFLOW_EXPERIMENT = "runstream-bench"
+
+
+def load_mlflow(client: Any, db: str, store: Path) -> tuple[Any, str, dict[str, str], float]:
+    """Copy every run of `db` (params, status, every metric point) into a fresh MLflow sqlite store.
+    Returns the MlflowClient, the experiment id, runstream run_id -> MLflow run id, and load seconds."""
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.tracking import MlflowClient
+
+    if store.exists():
+        for path in sorted(store.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    store.mkdir(parents=True, exist_ok=True)
+    ml = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    experiment = ml.create_experiment(MLFLOW_EXPERIMENT, artifact_location=(store / "artifacts").as_uri())
+    params: dict[str, list[Any]] = {}
+    for run_id, key, text, number in client.query(
+            f"SELECT run_id, key, value_string, value_number FROM {db}.run_params FINAL").result_rows:  # noqa: S608
+        # what mlflow.log_param(key, value) stores: str() of the value the training script had
+        params.setdefault(run_id, []).append(Param(key, str(queries.param_value(text, number))))
+    status = dict(client.query(f"SELECT run_id, status FROM {db}.run_finishes FINAL").result_rows)  # noqa: S608
+    runs = client.query(f"SELECT run_id, toUnixTimestamp64Milli(started_at) FROM {db}.runs FINAL "  # noqa: S608
+                        "ORDER BY run_id").result_rows
+    started = time.monotonic()
+    ids: dict[str, str] = {}
+    points = 0
+    for run_id, start_ms in runs:
+        info = ml.create_run(experiment, start_time=start_ms, run_name=run_id).info
+        ids[run_id] = info.run_id
+        ml.log_batch(info.run_id, params=params.get(run_id, []))
+        rows = client.query(
+            f"SELECT metric, step, value, toUnixTimestamp64Milli(time) FROM {db}.metric_points "  # noqa: S608
+            "WHERE run_id = {run:String} ORDER BY metric, step", parameters={"run": run_id}).result_rows
+        for first in range(0, len(rows), 1000):  # MLflow's limit: 1,000 metrics per log_batch
+            ml.log_batch(info.run_id, metrics=[Metric(m, float(v), int(t), int(step))
+                                               for m, step, v, t in rows[first:first + 1000]])
+        points += len(rows)
+        if run_id in status:
+            ml.set_terminated(info.run_id, "FINISHED" if status[run_id] == "ok" else "FAILED",
+                              end_time=start_ms + 86_400_000)
+        else:
+            assert ml.get_run(info.run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
+        if len(ids) % 10 and len(ids) != len(runs):
+            continue
+        rate = points / (time.monotonic() - started)
+        print(f"\r  MLflow: loaded {len(ids):,} runs, {points:,} points ({rate:,.0f} points/s)", end="",
+              file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return ml, experiment, ids, time.monotonic() - started
+
+
+def mlflow_all_runs(ml: Any, experiment: str, filter_string: str = "", order_by: list[str] | None = None) -> list[Any]:
+    """search_runs, every page (what a user must do to see all runs)."""
+    out, token = [], None
+    while True:
+        page = ml.search_runs([experiment], filter_string, max_results=1000, order_by=order_by, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def mlflow_best(ml: Any, run_id: str, metric: str) -> tuple[float, int] | None:
+    """A run's best (max) value and the first step reaching it: MLflow keeps only the LAST value per run
+    (run.data.metrics), so the best needs the run's whole history."""
+    best = None
+    for m in ml.get_metric_history(run_id, metric):
+        if math.isfinite(m.value) and (best is None or m.value > best[0] or (m.value == best[0] and m.step < best[1])):
+            best = (m.value, m.step)
+    return best
+
+
+def mlflow_leaderboard(ml: Any, experiment: str, metric: str, limit: int) -> list[tuple[str, float, int]]:
+    ranked = []
+    for run in mlflow_all_runs(ml, experiment):
+        best = mlflow_best(ml, run.info.run_id, metric)
+        if best is not None:
+            ranked.append((-best[0], best[1], run.info.start_time, run.info.run_name))
+    ranked.sort()
+    return [(name, -value, step) for value, step, _, name in ranked[:limit]]
+
+
+def lttb(xs: list[float], ys: list[float], points: int) -> list[tuple[float, float]]:
+    """Largest-triangle-three-buckets (as ClickHouse's largestTriangleThreeBuckets), in plain Python."""
+    n = len(xs)
+    if points >= n or points < 3:
+        return list(zip(xs, ys, strict=True))
+    out = [(xs[0], ys[0])]
+    every = (n - 2) / (points - 2)
+    chosen = 0
+    for i in range(points - 2):
+        lo, hi = int(i * every) + 1, int((i + 1) * every) + 1
+        nlo, nhi = hi, min(int((i + 2) * every) + 1, n)
+        avg_x = sum(xs[nlo:nhi]) / (nhi - nlo)
+        avg_y = sum(ys[nlo:nhi]) / (nhi - nlo)
+        ax, ay = xs[chosen], ys[chosen]
+        best, best_area = lo, -1.0
+        for j in range(lo, hi):
+            area = abs((ax - avg_x) * (ys[j] - ay) - (ax - xs[j]) * (avg_y - ay))
+            if area > best_area:
+                best, best_area = j, area
+        out.append((xs[best], ys[best]))
+        chosen = best
+    out.append((xs[-1], ys[-1]))
+    return out
+
+
+def mlflow_overlay(ml: Any, run_ids: list[str], metric: str, points: int) -> list[tuple[str, float, float]]:
+    out = []
+    for run_id in run_ids:
+        history = sorted((m.step, m.value) for m in ml.get_metric_history(run_id, metric) if math.isfinite(m.value))
+        out.extend((run_id, x, y) for x, y in lttb([float(s) for s, _ in history], [v for _, v in history], points))
+    return out
+
+
+MLFLOW_FILTER = "params.lr < '0.01' and metrics.acc > 0.9"
+
+
+def mlflow_filter(ml: Any, experiment: str, limit: int) -> list[str]:
+    """MLflow's search grammar rejects `<` on params (they are strings: only =, !=, LIKE, ILIKE), so the
+    metric half runs in the store and the lr half in Python, on float(params.lr)."""
+    runs = mlflow_all_runs(ml, experiment, "metrics.acc > 0.9", ["metrics.acc DESC", "attributes.start_time ASC"])
+    return [run.info.run_name for run in runs if float(run.data.params["lr"]) < 0.01][:limit]
+
+
+def correlations(params: dict[str, dict[str, str]], values: dict[str, float]) -> dict[str, float | None]:
+    """Spearman rho (scipy) for params that all parse as numbers, eta² over the values for the rest."""
+    from scipy.stats import spearmanr
+
+    out: dict[str, float | None] = {}
+    for key in sorted({key for run in params.values() for key in run}):
+        present = [run for run in values if key in params[run]]
+        texts, ys = [params[run][key] for run in present], [values[run] for run in present]
+        try:
+            xs = [float(t) for t in texts]
+        except ValueError:
+            groups: dict[str, list[float]] = {}
+            for text, y in zip(texts, ys, strict=True):
+                groups.setdefault(text, []).append(y)
+            out[key] = eta_squared(groups)
+            continue
+        rho = spearmanr(xs, ys).statistic if len(set(xs)) > 1 else None
+        out[key] = None if rho is None or math.isnan(rho) else float(rho)
+    return out
+
+
+def mlflow_importance(ml: Any, experiment: str, metric: str, best: bool) -> dict[str, float | None]:
+    """best=True: per-run best from get_metric_history (what runstream's `importance` ranks by);
+    best=False: the last value search_runs already returns (one call, a different question)."""
+    params, values = {}, {}
+    for run in mlflow_all_runs(ml, experiment):
+        if best:
+            found = mlflow_best(ml, run.info.run_id, metric)
+            value = found[0] if found else None
+        else:
+            value = run.data.metrics.get(metric)
+        if value is not None and math.isfinite(value):
+            params[run.info.run_name], values[run.info.run_name] = dict(run.data.params), value
+    return correlations(params, values)
+
+
+def runstream_final_importance(client: Any, db: str, metric: str) -> dict[str, float | None]:
+    """The final-value variant on the runstream side: one `runs` query, then the same Python as MLflow's."""
+    table = queries.runs(client, db, project=PROJECT)
+    keys = [c for c in table.columns if c.startswith("params.")]
+    params, values = {}, {}
+    for record in table.records():
+        value = record.get(f"metrics.{metric}")
+        if value is not None and math.isfinite(value):
+            params[record["run_id"]] = {k[7:]: str(record[k]) for k in keys if record[k] is not None}
+            values[record["run_id"]] = value
+    return correlations(params, values)
+
+
+def close(a: dict[str, float | None], b: dict[str, float | None]) -> bool:
+    return a.keys() == b.keys() and all(
+        (a[k] is None) == (b[k] is None) and (a[k] is None or abs(a[k] - b[k]) < 1e-9) for k in a)  # type: ignore[operator]
+
+
+def compare_mlflow(args: argparse.Namespace, client: Any, base_db: str) -> list[str]:
+    """Side by side on the same runs; returns the markdown lines to print."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    db = f"{base_db}_mlflow_size"
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    ClickHouseSink(args.clickhouse, client=client, database=db)
+    points, _ = prepare(client, db, args.mlflow_runs, args.mlflow_steps, args.metrics, args.slice_runs, args.reuse)
+    ml, experiment, ids, load_s = load_mlflow(client, db, Path(args.mlflow_dir))
+    overlay = overlay_runs(args.mlflow_runs)
+    overlay_ml = [ids[run_id] for run_id in overlay]
+
+    ours = time_all([*runstream_questions(client, db, args.mlflow_runs),
+                     ("leaderboard by the final value (MLflow's own `order_by`)",
+                      lambda: queries.runs(client, db, project=PROJECT, sort="-metrics.acc", limit=10),
+                      lambda t: f"#1 {t.rows[0][0]}"),
+                     ("importance on the final value", lambda: runstream_final_importance(client, db, "acc"),
+                      lambda r: f"{len(r)} params")], args.repeat, "runstream")
+    theirs = time_all([
+        ("leaderboard", lambda: mlflow_leaderboard(ml, experiment, "acc", 10), lambda r: f"#1 {r[0][0]}"),
+        ("overlay", lambda: mlflow_overlay(ml, overlay_ml, "acc", 1000), lambda r: f"{len(r)} points"),
+        ("filter", lambda: mlflow_filter(ml, experiment, 20), lambda r: f"{len(r)} runs"),
+        ("importance", lambda: mlflow_importance(ml, experiment, "acc", best=True), lambda r: f"{len(r)} params"),
+        ("leaderboard by final", lambda: [r.info.run_name for r in ml.search_runs(
+            [experiment], order_by=["metrics.acc DESC", "attributes.start_time ASC"], max_results=10)],
+         lambda r: f"#1 {r[0]}"),
+        ("importance final", lambda: mlflow_importance(ml, experiment, "acc", best=False),
+         lambda r: f"{len(r)} params"),
+    ], args.mlflow_repeat, "MLflow")
+
+    # the same answers? (so the ratio compares equal work)
+    board, curve, found, imp, final_board, final_imp = (r[2] for r in ours)
+    m_board, m_curve, m_found, m_imp, m_final_board, m_final_imp = (r[2] for r in theirs)
+    by_id = {v: k for k, v in ids.items()}
+    curve_ml = [[by_id[run], int(x), y] for run, x, y in m_curve]
+    same = [
+        [(row[1], row[4], row[5]) for row in board.rows] == m_board,
+        sorted(curve_ml) == sorted([run, step, value] for run, _, step, value in curve.rows),
+        [row[0] for row in found.rows] == m_found,
+        close({row[0][7:]: row[4] for row in imp.rows}, m_imp),
+        [row[0] for row in final_board.rows] == m_final_board,
+        close(final_imp, m_final_imp),
+    ]
+    try:
+        ml.search_runs([experiment], MLFLOW_FILTER)
+        string_filter = "accepted"
+    except Exception as error:  # noqa: BLE001 - report whatever MLflow says
+        string_filter = f"rejected: {str(error).splitlines()[0]}"
+
+    lines = [f"\nrunstream vs MLflow on the same runs: {args.mlflow_runs:,} runs x {args.mlflow_steps:,} steps x "
+             f"{args.metrics} metrics = {points:,} points; MLflow {mlflow.__version__} sqlite store "
+             f"({Path(args.mlflow_dir) / 'mlflow.db'}, loaded in {load_s:.0f}s = {points / load_s:,.0f} points/s "
+             f"by log_batch); runstream in chDB {client.query('SELECT version()').result_rows[0][0]} "
+             f"(database {db}); medians of {args.repeat} (runstream) and {args.mlflow_repeat} (MLflow) "
+             "after one warm-up each; ratio = MLflow / runstream (above 1: runstream is faster)\n",
+             "| question | runstream ms | MLflow ms | ratio | same answer |", "|---|---:|---:|---:|---|"]
+    for (label, ours_ms, _, _), (_, theirs_ms, _, _), ok in zip(ours, theirs, same, strict=True):
+        ratio = theirs_ms / ours_ms
+        shown = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2f}x"
+        lines.append(f"| {label} | {ours_ms:.1f} | {theirs_ms:.1f} | {shown} | {'yes' if ok else 'NO'} |")
+    lines.append(f"\nMLflow's `search_runs(filter_string=\"{MLFLOW_FILTER}\")`: {string_filter}; the MLflow "
+                 "filter above runs `metrics.acc > 0.9` in the store and `float(params.lr) < 0.01` in Python.")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clickhouse", default=f"chdb://{Path(tempfile.gettempdir()) / 'runstream-bench-analysis'}"
@@ -106,51 +415,33 @@ def main() -> int:
     parser.add_argument("--slice-runs", type=int, default=50, help="runs per INSERT (bounds memory)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--reuse", action="store_true", help="keep an already generated project")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="also answer the questions through MLflow on a smaller copy of the project")
+    parser.add_argument("--mlflow-runs", type=int, default=100)
+    parser.add_argument("--mlflow-steps", type=int, default=2000)
+    parser.add_argument("--mlflow-repeat", type=int, default=3)
+    parser.add_argument("--mlflow-dir", default=str(Path(tempfile.gettempdir()) / "runstream-bench-mlflow"),
+                        help="folder of the MLflow sqlite store (emptied and reloaded every run)")
+    parser.add_argument("--no-large", action="store_true", help="with --mlflow: skip the large-scale runstream table")
     args = parser.parse_args()
     steps = args.points // (args.runs * args.metrics) if args.points else args.steps
 
     sink = ClickHouseSink(args.clickhouse)
     client, db = sink.client, sink.database
-    have = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
-    want = args.runs * steps * args.metrics
-    if not (args.reuse and have == want):
-        for table in ("runs", "run_params", "run_finishes", "metric_points", "metric_summary_states"):
-            client.command(f"TRUNCATE TABLE {db}.{table}")
-        print(f"generating {args.runs:,} runs x {steps:,} steps x {args.metrics} metrics = {want:,} points ...",
-              file=sys.stderr)
-        start = time.monotonic()
-        generate(client, db, args.runs, steps, args.metrics, args.slice_runs)
-        print(f"  generated in {time.monotonic() - start:.0f}s", file=sys.stderr)
-    ensure_views(client, db)
-    points = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
-    size = client.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {db:String} AND active",
-                        parameters={"db": db}).result_rows[0][0]
-    overlay = [f"run-{i:06d}" for i in range(0, args.runs, max(1, args.runs // 10))][:10]
+    side_by_side = compare_mlflow(args, client, db) if args.mlflow else []
+    if args.mlflow and args.no_large:
+        print("\n".join(side_by_side))
+        return 0
+    points, size = prepare(client, db, args.runs, steps, args.metrics, args.slice_runs, args.reuse)
+    results = time_all(runstream_questions(client, db, args.runs), args.repeat, "runstream")
 
-    questions: list[tuple[str, Callable[[], Any], Callable[[Any], str]]] = [
-        ("leaderboard (best acc, top 10)", lambda: queries.leaderboard(client, db, PROJECT, "acc", "max", 10),
-         lambda t: f"#1 {t.rows[0][2]} acc={t.rows[0][4]:.4f}"),
-        ("10-run curve overlay, 1,000 points each",
-         lambda: queries.metric_history(client, db, overlay, ["acc"], points=1000),
-         lambda t: f"{len(t.rows)} points"),
-        (f"filter `{WHERE}`, sorted, limit 20",
-         lambda: queries.runs(client, db, project=PROJECT, where=WHERE, sort="-metrics.acc", limit=20),
-         lambda t: f"{len(t.rows)} runs"),
-        ("importance of params for acc", lambda: importance(client, db, PROJECT, "acc"),
-         lambda t: f"top: {t.rows[0][0]} {t.rows[0][4]:+.2f}"),
-    ]
-    results = []
-    for label, fn, check in questions:
-        median_ms, result = timed(fn, args.repeat)
-        results.append((label, median_ms, check(result)))
-        print(f"  {label}: {median_ms:.1f} ms", file=sys.stderr)
-
+    print("\n".join(side_by_side))
     print(f"\nrunstream analysis queries: {points:,} points, {args.runs:,} runs, {steps:,} steps x {args.metrics} "
           f"metrics ({size / 2**30:.2f} GiB on disk), chDB {client.query('SELECT version()').result_rows[0][0]}, "
           f"median of {args.repeat}\n")
     print("| question | runstream median (ms) | result |")
     print("|---|---:|---|")
-    for label, median_ms, shown in results:
+    for label, median_ms, _, shown in results:
         print(f"| {label} | {median_ms:.1f} | {shown} |")
     return 0
 
