@@ -48,6 +48,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: gpu_samples columns that come straight from a GpuSample record's field of the same name.
+_GPU_SAMPLE_FIELDS = tuple(name for name in TABLE_COLUMNS["gpu_samples"] if name not in ("run_id", "host", "time"))
+
+
 class InvalidEvent(ValueError):
     """An event that decoded but breaks the contract's invariants; it goes to the dead-letter topic."""
 
@@ -210,11 +214,14 @@ class Batch:
 
     def _add_gpu_samples(self, r: dict[str, Any], _now: int) -> None:
         cols = self.columns["gpu_samples"]
-        names = TABLE_COLUMNS["gpu_samples"]
-        for sample in r["samples"]:
-            row = dict(sample, run_id=r["run_id"], host=r["host"], time=sample["time_us"])
-            for name in names:
-                cols[name].append(row[name])
+        samples = r["samples"]
+        if samples:
+            # Column by column: one list extension per column rather than a dict per sample.
+            cols["run_id"].extend([r["run_id"]] * len(samples))
+            cols["host"].extend([r["host"]] * len(samples))
+            cols["time"].extend([sample["time_us"] for sample in samples])
+            for name in _GPU_SAMPLE_FIELDS:
+                cols[name].extend([sample[name] for sample in samples])
         if any(r.get(name) is not None for name in TABLE_COLUMNS["host_samples"][3:]):
             host = self.columns["host_samples"]
             row = dict(r, time=r["timestamp_us"])

@@ -15,6 +15,9 @@ from runstream.schemas.catalogue import Catalogue, SchemaVersion
 from runstream.schemas.columnar import ColumnarDecodeError, decode_metric_steps_v1, encode_metric_steps_v1
 
 MAGIC = b"\xc3\x01"
+#: Below this size a metric_steps body holds a few hundred points at most, and fastavro's one call
+#: costs less than the vectorised decoder's fixed numpy overhead per array.
+COLUMNAR_MIN_BYTES = 4096
 HEADER_SIZE = len(MAGIC) + 8
 
 
@@ -79,7 +82,8 @@ class Decoder:
                 offset=offset,
             )
         reader = self._catalogue.latest(writer.event_type)
-        if reader is writer and writer.event_type == "metric_steps" and writer.version == 1:
+        if (reader is writer and writer.event_type == "metric_steps" and writer.version == 1
+                and len(data) >= COLUMNAR_MIN_BYTES):
             try:
                 return writer.event_type, decode_metric_steps_v1(bytes(data), HEADER_SIZE)
             except ColumnarDecodeError as error:
