@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,22 @@ def test_settings_come_from_arguments_then_environment(monkeypatch: pytest.Monke
 def test_project_must_be_named(spool_dir: Path) -> None:
     with pytest.raises(ValueError, match="project: expected a non-empty string"):
         runstream.init("  ", spool=str(spool_dir))
+
+
+def test_a_full_queue_waits_briefly_then_drops_and_counts(spool_dir: Path) -> None:
+    """The documented policy when the worker cannot keep up: block up to 0.5 s, then drop and count."""
+    settings = ProducerSettings(spool=spool_dir, queue_capacity_points=3, sample_interval_s=0, flush_interval_s=60)
+    run = runstream.Run(project="p", settings=settings)
+    worker = run._worker
+    worker.flush()  # run_started out of the queue, so it holds only what this test logs
+    with worker._flush_lock:  # the worker is stuck (e.g. a disk that stalls): it cannot drain
+        for step in range(3):
+            run.log({"loss": float(step)}, step=step)
+        started = time.monotonic()
+        run.log({"loss": 3.0}, step=3)  # the fourth item does not fit
+        waited = time.monotonic() - started
+    assert worker.dropped_items == 1
+    assert 0.4 <= waited < 5.0, "it waited for room before giving up"
+    run.finish()
+    steps = sorted(s for b in read_spool(spool_dir)["metric_steps"] for s in b["steps"])
+    assert steps == [0, 1, 2], "what was queued before the drop is delivered"
