@@ -20,6 +20,9 @@ guarantees true on a cluster:
 
 The cost is skew when one run is huge; runs are small next to a cluster, and hashing the run id
 (a UUIDv7, time-ordered) spreads consecutive runs evenly.
+
+Tables without a run (drift, cost) say how they spread in their spec (`table_spec.Table.sharding`):
+drift facts by model and version, the small price and budget tables whole on every node.
 """
 
 from __future__ import annotations
@@ -35,9 +38,14 @@ from runstream.consumer.migrations import (
     create_view_sql,
     ttl_clause,
 )
+from runstream.consumer.table_spec import BY_RUN, EVERY_NODE
 
 DEFAULT_SHARDING_KEY = "cityHash64(run_id)"
 REPLICATED_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
+#: Tables kept whole on every node share one replication path across shards; a replica's name must then be
+#: unique across the cluster, hence the shard in it.
+EVERY_NODE_PATH = "/clickhouse/tables/all/{database}/{table}"
+EVERY_NODE_REPLICA = "{shard}-{replica}"
 LOCAL_SUFFIX = "_local"
 
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -63,14 +71,21 @@ def cluster_ddl(
     on = f" ON CLUSTER `{cluster}`"
     statements = [f"CREATE DATABASE IF NOT EXISTS {database}{on}"]
     for table in TABLES:
+        if table.sharding == EVERY_NODE:
+            statements.append(create_table_sql(
+                table, f"{database}.{table.name}", on_cluster=on, replicated_path=EVERY_NODE_PATH,
+                replica_name=EVERY_NODE_REPLICA, sample_ttl_days=sample_ttl_days,
+            ))
+            continue
         local = f"{table.name}{LOCAL_SUFFIX}"
+        key = sharding_key if table.sharding == BY_RUN else table.sharding
         statements.append(create_table_sql(
             table, f"{database}.{local}", on_cluster=on, replicated_path=REPLICATED_PATH,
             sample_ttl_days=sample_ttl_days,
         ))
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {database}.{table.name}{on} AS {database}.{local}\n"
-            f"ENGINE = Distributed('{cluster}', '{database}', '{local}', {sharding_key})"
+            f"ENGINE = Distributed('{cluster}', '{database}', '{local}', {key})"
         )
         if table.expires and sample_ttl_days:
             statements.append(f"ALTER TABLE {database}.{local}{on} MODIFY {ttl_clause(sample_ttl_days)}")

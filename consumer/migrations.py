@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.comparison import LOWER_IS_BETTER
-from runstream.consumer.monitoring_tables import COST_STATEMENTS, DRIFT_STATEMENTS
+from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
+from runstream.consumer.table_spec import MaterializedView, Table, View
 
 log = logging.getLogger(__name__)
 
@@ -45,49 +46,6 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    """A MergeTree-family table, rendered for one server here and for a cluster by `cluster.py`.
-
-    `engine` is the family without the `Replicated` prefix; `version` is the ReplacingMergeTree
-    version column (the row with the highest one survives). `expires` marks raw-sample tables
-    whose rows a TTL may drop (`sample_ttl_days`).
-    """
-
-    name: str
-    columns: tuple[str, ...]
-    engine: str
-    order_by: str
-    version: str | None = None
-    partition_by: str | None = None
-    expires: bool = False
-    settings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class MaterializedView:
-    """An MV that writes the rows `select` computes from each block inserted into `source` into `target`.
-
-    `select` names tables as {source}, so that a cluster renders it over the local table.
-    """
-
-    name: str
-    source: str
-    target: str
-    select: str
-
-
-@dataclass(frozen=True)
-class View:
-    """A plain view over {tables} (a cluster renders it over the Distributed tables).
-
-    {lower_is_better} is the SQL twin of `runstream.comparison.lower_is_better(metric)`.
-    """
-
-    name: str
-    select: str
 
 
 SAMPLE_TTL_COLUMN = "time"
@@ -442,8 +400,10 @@ FACT_TABLES: tuple[Table, ...] = (
 )
 ROLLUP_TABLES: tuple[Table, ...] = (METRIC_SUMMARY_STATES, GPU_USAGE_HOURLY_STATES)
 MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (METRIC_SUMMARY_MV, GPU_USAGE_HOURLY_MV)
-VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
-TABLES: tuple[Table, ...] = FACT_TABLES + ROLLUP_TABLES
+RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
+#: Every table of every migration: the cluster DDL and the consumer's column checks read this.
+TABLES: tuple[Table, ...] = FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES
+VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS
 
 
 def ttl_clause(days: int | None) -> str:
@@ -453,13 +413,13 @@ def ttl_clause(days: int | None) -> str:
     return f"TTL toDateTime({SAMPLE_TTL_COLUMN}) + INTERVAL {int(days)} DAY"
 
 
-def engine_clause(table: Table, *, replicated_path: str | None = None) -> str:
+def engine_clause(table: Table, *, replicated_path: str | None = None, replica_name: str = "{replica}") -> str:
     """ENGINE ... ORDER BY ... for one server, or with the Replicated engine when a ZooKeeper path is given."""
     args: list[str] = []
     family = table.engine
     if replicated_path is not None:
         family = f"Replicated{family}"
-        args += [f"'{replicated_path}'", "'{replica}'"]
+        args += [f"'{replicated_path}'", f"'{replica_name}'"]
     if table.version:
         args.append(table.version)
     parts = [f"ENGINE = {family}" + (f"({', '.join(args)})" if args else "")]
@@ -471,11 +431,11 @@ def engine_clause(table: Table, *, replicated_path: str | None = None) -> str:
 
 def create_table_sql(
     table: Table, qualified_name: str, *, on_cluster: str = "", replicated_path: str | None = None,
-    sample_ttl_days: int | None = None,
+    replica_name: str = "{replica}", sample_ttl_days: int | None = None,
 ) -> str:
     columns = ",\n    ".join(table.columns)
     lines = [f"CREATE TABLE IF NOT EXISTS {qualified_name}{on_cluster} (\n    {columns}\n)",
-             engine_clause(table, replicated_path=replicated_path)]
+             engine_clause(table, replicated_path=replicated_path, replica_name=replica_name)]
     if table.expires and sample_ttl_days:
         lines.append(ttl_clause(sample_ttl_days))
     if table.settings:
@@ -515,10 +475,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "rollups: metric_summary and gpu_usage (AggregatingMergeTree fed by materialized views)",
         tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in ROLLUP_TABLES)
         + tuple(create_materialized_view_sql(mv, _DB) for mv in MATERIALIZED_VIEWS)
-        + tuple(create_view_sql(view, _DB) for view in VIEWS),
+        + tuple(create_view_sql(view, _DB) for view in RUN_VIEWS),
     ),
-    Migration(3, "drift monitoring: references, baselines, prediction samples and features", DRIFT_STATEMENTS),
-    Migration(4, "GPU cost: price table and budgets, current_* views", COST_STATEMENTS),
+    Migration(
+        3,
+        "drift monitoring: references, baselines, prediction samples and features",
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in DRIFT_TABLES),
+    ),
+    Migration(
+        4,
+        "GPU cost: price table and budgets, current_* views",
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in COST_TABLES)
+        + tuple(create_view_sql(view, _DB) for view in COST_VIEWS),
+    ),
 )
 
 _LEDGER = """

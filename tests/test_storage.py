@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -17,6 +18,7 @@ from runstream.consumer.clickhouse_sink import ClickHouseSink
 from runstream.consumer.cluster import DEFAULT_SHARDING_KEY, cluster_ddl
 from runstream.consumer.dsn import connect
 from runstream.consumer.migrations import MIGRATIONS, TABLES, ddl, migrate
+from runstream.consumer.table_spec import BY_RUN, EVERY_NODE
 
 pytestmark = pytest.mark.integration
 
@@ -312,16 +314,45 @@ def test_cluster_ddl_is_accepted_by_the_clickhouse_parser(clickhouse_dsn: str) -
         assert "ON CLUSTER `fleet-1`" in assert_parses(client, statement)
     text = "\n".join(statements)
     for table in TABLES:
+        if table.sharding == EVERY_NODE:
+            whole = next(s for s in statements if f"runstream.{table.name} ON CLUSTER" in s)
+            assert f"ENGINE = Replicated{table.engine}('/clickhouse/tables/all/{{database}}/{{table}}', " \
+                   "'{shard}-{replica}'" in whole
+            assert f"{table.name}_local" not in text
+            continue
         replicated = next(s for s in statements if f"runstream.{table.name}_local ON CLUSTER" in s)
         assert f"ENGINE = Replicated{table.engine}('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', " \
                "'{replica}'" in replicated
+        key = DEFAULT_SHARDING_KEY if table.sharding == BY_RUN else table.sharding
         assert (f"CREATE TABLE IF NOT EXISTS runstream.{table.name} ON CLUSTER `fleet-1` "
                 f"AS runstream.{table.name}_local\n"
-                f"ENGINE = Distributed('fleet-1', 'runstream', '{table.name}_local', {DEFAULT_SHARDING_KEY})") in text
+                f"ENGINE = Distributed('fleet-1', 'runstream', '{table.name}_local', {key})") in text
+        if table.sharding != BY_RUN:  # a table's own key may only use its sorting key, or twins part ways
+            used = set(re.findall(r"\w+", key)) - {"cityHash64"}
+            assert used <= set(re.findall(r"\w+", table.order_by)), (table.name, key)
     assert "FROM runstream.metric_points_local" in text and "TO runstream.metric_summary_states_local" in text
     assert "TTL toDateTime(time) + INTERVAL 14 DAY" in next(s for s in statements if "gpu_samples_local ON" in s)
     with pytest.raises(ValueError, match="cluster"):
         cluster_ddl("runstream", "x; DROP TABLE y")
+
+
+def test_cluster_ddl_creates_every_table_and_view_of_the_single_server_migrations(clickhouse_dsn: str) -> None:
+    client, database = connect(clickhouse_dsn)
+    migrate(client, database)
+    single = {
+        name: engine for name, engine in client.query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String} AND name != 'schema_migrations'",
+            parameters={"db": database}).result_rows
+    }
+    assert {"drift_references", "prediction_features", "gpu_prices", "current_budgets"} <= set(single)
+    created = re.findall(r"CREATE (TABLE|VIEW|MATERIALIZED VIEW) IF NOT EXISTS runstream\.(\w+) ON CLUSTER",
+                         "\n".join(cluster_ddl("runstream", "fleet-1")))
+    on_cluster = {name.removesuffix("_local") for _kind, name in created}
+    assert on_cluster == set(single)
+    kinds = {name.removesuffix("_local"): kind for kind, name in created}
+    for name, engine in single.items():
+        expected = {"View": "VIEW", "MaterializedView": "MATERIALIZED VIEW"}.get(engine, "TABLE")
+        assert kinds[name] == expected, (name, engine)
 
 
 def test_migrate_cluster_print_prints_on_cluster_ddl_and_connects_to_nothing(
