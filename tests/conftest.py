@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fault_table import FaultTable
+from fault_table import from_environment as fault_table_from_environment
+from kafka_cluster import ClusterError, KafkaCluster
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
@@ -38,6 +41,33 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield started.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run(["bash", str(KAFKA_SCRIPT), "stop", "--dir", str(run_dir)], check=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """The local 3-broker SASL_SSL cluster (tests/kafka_cluster.py), started by the first test that asks.
+
+    RUNSTREAM_TEST_KAFKA_CLUSTER names the folder of a cluster already started with
+    `deploy/local/kafka.sh start --brokers 3 --dir DIR`; it is used and left running. A test that kills a
+    broker restarts it (`start_broker`, or `heal()` in a finally) so the next test gets all three.
+    """
+    external = os.environ.get("RUNSTREAM_TEST_KAFKA_CLUSTER")
+    if external:
+        try:
+            attached = KafkaCluster.attach(Path(external))
+        except ClusterError as error:
+            pytest.fail(f"RUNSTREAM_TEST_KAFKA_CLUSTER={external}: {error}", pytrace=False)
+        yield attached
+        return
+    run_dir = tmp_path_factory.mktemp("kafka-cluster")
+    try:
+        cluster = KafkaCluster.start(run_dir)
+    except ClusterError as error:
+        pytest.fail(f"the local 3-broker Kafka cluster could not start:\n{error}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +96,9 @@ def topic_prefix() -> str:
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / "spool"
+
+
+@pytest.fixture(scope="session")
+def fault_table() -> FaultTable:
+    """Where fault tests record their counts (printed by bench/faults.py)."""
+    return fault_table_from_environment()
