@@ -4,9 +4,11 @@
 #   docker build -t runstream:0.1.0 .
 #   docker run --rm runstream:0.1.0 consume --kafka kafka:9092 --clickhouse http://clickhouse:8123/runstream --listen :9108
 #
-# Dependencies are pinned by deploy/requirements.lock (pip freeze of a fresh `pip install .` on
-# Python 3.11; regenerate it as deploy/tools/install.sh's header says). Only manylinux wheels are
-# used, so neither stage needs a compiler or apt. Runs as uid 10001, never root.
+# The image is the server side, so it holds runstream with its [server] extra (consumer, migrate, query,
+# monitor, analysis, chDB); training images need only `pip install runstream`, the SDK. Dependencies are
+# pinned by deploy/requirements.lock (pip freeze of a fresh `pip install '.[server]'` on Python 3.11;
+# regenerate it as its header says). Only manylinux wheels are used, so neither stage needs a compiler or
+# apt. Runs as uid 10001, never root.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -22,8 +24,10 @@ COPY consumer consumer
 COPY schemas schemas
 COPY dashboards dashboards
 COPY analysis analysis
-RUN /opt/runstream/bin/pip install --no-deps . \
-    && /opt/runstream/bin/runstream --version
+COPY monitoring monitoring
+RUN /opt/runstream/bin/pip install --no-deps '.[server]' \
+    && /opt/runstream/bin/runstream --version \
+    && /opt/runstream/bin/python -c "from runstream.consumer import ConsumerService"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="runstream" \

@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# `pip install runstream` is the SDK alone; demo and tests need everything: .[dev] is the SDK, the [server]
+# and [dashboards] extras and the test tools (README "Installing")
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

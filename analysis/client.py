@@ -38,7 +38,7 @@ def _frame(table: queries.Table, output: Output) -> Any:
 
 
 class Client:
-    """A connection to runstream's ClickHouse database; creates the analysis views on connect."""
+    """A connection to runstream's ClickHouse database, as `runstream migrate` (or the consumer) laid it out."""
 
     def __init__(self, dsn: str | None = None) -> None:
         from runstream.consumer.dsn import default_dsn

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.analysis.filters import Translator, Vocabulary, translate, vocabulary_from_rows
-from runstream.analysis.views import ensure_views
-from runstream.comparison import lower_is_better
+from runstream.monitoring.metric_direction import lower_is_better
 
 MODES = ("min", "max")
 _PROJECT = "({project:String} = '' OR project = {project:String})"
@@ -32,11 +31,12 @@ class Table:
 
 
 def open_database(dsn: str) -> tuple[Any, str]:
-    """Connect and make sure the views exist (cheap: CREATE OR REPLACE of a few views)."""
+    """Connect, and refuse a database that lacks the views (`runstream migrate` creates them; a read never does)."""
     from runstream.consumer.dsn import connect
+    from runstream.consumer.migrations import require_migrated
 
-    client, database = connect(dsn)
-    ensure_views(client, database)
+    client, database = connect(dsn, create_database=False)
+    require_migrated(client, database)
     return client, database
 
 
@@ -45,7 +45,7 @@ def _rows(client: Any, sql: str, parameters: dict[str, Any]) -> list[Any]:
 
 
 def default_mode(metric: str) -> str:
-    """min for loss-like metrics (runstream.comparison.LOWER_IS_BETTER), else max."""
+    """min for loss-like metrics (runstream.monitoring.metric_direction), else max."""
     return "min" if lower_is_better(metric) else "max"
 
 

@@ -1,8 +1,10 @@
 """The SQL views the analysis commands, the Python client and users' own SQL read (docs/sql.md).
 
-Every view is `CREATE OR REPLACE`, so `ensure_views` is idempotent and a newer runstream simply
-replaces an older definition. The views only read the fact tables (and the `metric_summary`
-rollup when the database has it), so they hold no data and can be dropped at any time.
+These are `View` specs: `runstream migrate` (and the consumer, which owns the schema) creates them
+with the other tables, and the cluster DDL renders them over the Distributed tables. Read
+commands never run DDL: against a database that was never migrated they say to run
+`runstream migrate` (`runstream.consumer.migrations.require_migrated`). The views only read the
+fact tables and the `metric_summary` rollup, so they hold no data.
 
 - `run_metrics`: one row per (run, metric): final value (at the last step, NaN kept), min and
   max (NaN skipped; NULL when every value is NaN) with the earliest step reaching each.
@@ -18,15 +20,14 @@ rollup when the database has it), so they hold no data and can be dropped at any
 
 from __future__ import annotations
 
-from typing import Any
+from runstream.consumer.table_spec import View
+from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
 
-from runstream.comparison import LOWER_IS_BETTER
-
-# The SQL twin of runstream.comparison.lower_is_better(metric).
-LOWER_IS_BETTER_SQL = "multiSearchAny(lower(metric), [{}])".format(", ".join(f"'{p}'" for p in LOWER_IS_BETTER))
+# View selects name tables and views as {name} and carry ClickHouse query parameters as {{name:Type}}
+# (runstream.consumer.migrations.create_view_sql fills in the names).
 
 # Per (run, metric) from the rollup the consumer maintains: cheap at any number of points.
-_RUN_METRICS_FROM_ROLLUP = """
+_RUN_METRICS = """
 SELECT
     run_id,
     metric,
@@ -36,11 +37,11 @@ SELECT
     max_value,
     step_of_min,
     step_of_max
-FROM {db}.metric_summary
+FROM {metric_summary}
 """
 
-# The same columns from the raw points, for a database laid out without the rollup.
-_RUN_METRICS_FROM_POINTS = """
+# The same columns from the raw points with FINAL: what the rollup must agree with (the tests compare).
+RUN_METRICS_FROM_POINTS_SQL = """
 SELECT
     run_id,
     metric,
@@ -73,9 +74,9 @@ SELECT
     CAST(m.best_step_map, 'Map(String, Nullable(Int64))') AS best_step,
     CAST(m.last_step_map, 'Map(String, Nullable(Int64))') AS last_step,
     g.gpu_hours AS gpu_hours
-FROM (SELECT * FROM {db}.runs FINAL) AS r
+FROM (SELECT * FROM {runs} FINAL) AS r
 LEFT JOIN (
-    SELECT run_id, finished_at, status, toUInt8(1) AS finished FROM {db}.run_finishes FINAL
+    SELECT run_id, finished_at, status, toUInt8(1) AS finished FROM {run_finishes} FINAL
 ) AS f ON f.run_id = r.run_id
 LEFT JOIN (
     SELECT
@@ -83,7 +84,7 @@ LEFT JOIN (
         mapFromArrays(groupArray(key), groupArray(value_string)) AS string_map,
         mapFromArrays(groupArrayIf(key, value_number IS NOT NULL),
                       groupArrayIf(assumeNotNull(value_number), value_number IS NOT NULL)) AS number_map
-    FROM {db}.run_params FINAL
+    FROM {run_params} FINAL
     GROUP BY run_id
 ) AS p ON p.run_id = r.run_id
 LEFT JOIN (
@@ -99,18 +100,12 @@ LEFT JOIN (
         SELECT run_id, metric, final_value, last_step,
                if({lower_is_better}, min_value, max_value) AS best_value,
                if({lower_is_better}, step_of_min, step_of_max) AS best_step_value
-        FROM {db}.run_metrics
+        FROM {run_metrics}
     )
     GROUP BY run_id
 ) AS m ON m.run_id = r.run_id
 LEFT JOIN (
-    SELECT run_id, sum(seconds) / 3600 AS gpu_hours
-    FROM (
-        SELECT run_id, host, gpu_index, dateDiff('microsecond', min(time), max(time)) / 1e6 AS seconds
-        FROM {db}.gpu_samples FINAL
-        GROUP BY run_id, host, gpu_index
-    )
-    GROUP BY run_id
+    SELECT run_id, gpu_seconds / 3600 AS gpu_hours FROM ({gpu_seconds_by_run})
 ) AS g ON g.run_id = r.run_id
 """
 
@@ -122,23 +117,23 @@ SELECT
 FROM (
     SELECT
         o.run_id AS run_id, o.run_name AS run_name, o.status AS status, o.started_at AS started_at,
-        if({mode:String} = 'max', m.max_value, m.min_value) AS best_value,
-        if({mode:String} = 'max', m.step_of_max, m.step_of_min) AS best_step,
-        if({mode:String} = 'max', -best_value, best_value) AS sort_key,
+        if({{mode:String}} = 'max', m.max_value, m.min_value) AS best_value,
+        if({{mode:String}} = 'max', m.step_of_max, m.step_of_min) AS best_step,
+        if({{mode:String}} = 'max', -best_value, best_value) AS sort_key,
         m.final_value AS final_value, m.last_step AS last_step
     FROM (
         SELECT r.run_id AS run_id, r.run_name AS run_name, r.started_at AS started_at,
                if(f.finished = 1, toString(f.status), 'running') AS status
-        FROM (SELECT run_id, run_name, started_at FROM {db}.runs FINAL WHERE project = {project:String}) AS r
+        FROM (SELECT run_id, run_name, started_at FROM {runs} FINAL WHERE project = {{project:String}}) AS r
         LEFT JOIN (
-            SELECT run_id, status, toUInt8(1) AS finished FROM {db}.run_finishes FINAL
-            WHERE run_id IN (SELECT run_id FROM {db}.runs WHERE project = {project:String})
+            SELECT run_id, status, toUInt8(1) AS finished FROM {run_finishes} FINAL
+            WHERE run_id IN (SELECT run_id FROM {runs} WHERE project = {{project:String}})
         ) AS f ON f.run_id = r.run_id
     ) AS o
     INNER JOIN (
-        SELECT * FROM {db}.run_metrics
-        WHERE metric = {metric:String}
-          AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {project:String})
+        SELECT * FROM {run_metrics}
+        WHERE metric = {{metric:String}}
+          AND run_id IN (SELECT run_id FROM {runs} WHERE project = {{project:String}})
     ) AS m ON m.run_id = o.run_id
     WHERE best_value IS NOT NULL
 )
@@ -148,49 +143,22 @@ ORDER BY rank
 _METRIC_CURVE = """
 SELECT run_id, toInt64(tupleElement(point, 1)) AS step, tupleElement(point, 2) AS value
 FROM (
-    SELECT run_id, largestTriangleThreeBuckets({points:UInt64})(step, value) AS curve
-    FROM {db}.metric_points FINAL
-    WHERE metric = {metric:String} AND run_id IN {runs:Array(String)} AND isFinite(value)
+    SELECT run_id, largestTriangleThreeBuckets({{points:UInt64}})(step, value) AS curve
+    FROM {metric_points} FINAL
+    WHERE metric = {{metric:String}} AND run_id IN {{runs:Array(String)}} AND isFinite(value)
     GROUP BY run_id
 )
 ARRAY JOIN curve AS point
 """
 
 
-def has_table(client: Any, database: str, name: str) -> bool:
-    rows = client.query(
-        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {name:String}",
-        parameters={"db": database, "name": name},
-    ).result_rows
-    return bool(rows and rows[0][0])
+def _view(name: str, select: str) -> View:
+    return View(name, select.replace("{gpu_seconds_by_run}", gpu_seconds_by_run_sql("{gpu_samples}")))
 
 
-def view_statements(database: str, *, use_rollup: bool = True) -> list[str]:
-    """The CREATE OR REPLACE VIEW statements, in dependency order (what docs/sql.md describes)."""
-    run_metrics = _RUN_METRICS_FROM_ROLLUP if use_rollup else _RUN_METRICS_FROM_POINTS
-    views = (
-        ("run_metrics", run_metrics),
-        ("run_overview", _RUN_OVERVIEW),
-        ("leaderboard", _LEADERBOARD),
-        ("metric_curve", _METRIC_CURVE),
-    )
-    return [f"CREATE OR REPLACE VIEW {database}.{name} AS "
-            + sql.replace("{db}", database).replace("{lower_is_better}", LOWER_IS_BETTER_SQL).strip()
-            for name, sql in views]
-
-
-def ensure_views(client: Any, database: str, *, use_rollup: bool | None = None) -> None:
-    """Create or replace the analysis views; safe to call before every query.
-
-    `use_rollup` None reads per-run metrics from the `metric_summary` rollup when the database has
-    it (fast at hundreds of millions of points), else from `metric_points` with FINAL.
-    """
-    if not has_table(client, database, "runs"):
-        raise ValueError(
-            f"database {database!r} has no runstream tables yet: load runs with `runstream ingest SPOOL_DIR` "
-            "or `runstream consume`, or create the tables with `runstream migrate`"
-        )
-    if use_rollup is None:
-        use_rollup = has_table(client, database, "metric_summary")
-    for statement in view_statements(database, use_rollup=use_rollup):
-        client.command(statement)
+RUN_METRICS = _view("run_metrics", _RUN_METRICS)
+RUN_OVERVIEW = _view("run_overview", _RUN_OVERVIEW)
+LEADERBOARD = _view("leaderboard", _LEADERBOARD)
+METRIC_CURVE = _view("metric_curve", _METRIC_CURVE)
+#: In dependency order: run_overview and leaderboard read run_metrics.
+ANALYSIS_VIEWS: tuple[View, ...] = (RUN_METRICS, RUN_OVERVIEW, LEADERBOARD, METRIC_CURVE)

@@ -33,7 +33,6 @@ from typing import Any
 
 from runstream.analysis import queries
 from runstream.analysis.importance import eta_squared, importance
-from runstream.analysis.views import ensure_views
 from runstream.consumer import ClickHouseSink
 
 PROJECT = "bench"
@@ -116,7 +115,6 @@ def prepare(client: Any, db: str, runs: int, steps: int, metrics: int, slice_run
         start = time.monotonic()
         generate(client, db, runs, steps, metrics, slice_runs)
         print(f"  generated in {time.monotonic() - start:.0f}s", file=sys.stderr)
-    ensure_views(client, db)
     points = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
     size = client.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {db:String} AND active",
                         parameters={"db": db}).result_rows[0][0]

@@ -10,7 +10,11 @@ seeded `random.Random`, the dicts built before the clock starts. It measures
    producer's dropped-item counter (`producer_stats()["dropped_items"]`), which must stay 0. A
    second Kafka case runs a longer loop (--throughput-steps) without per-call clocks, as fast as
    it goes;
-3. the same loop with MLflow (sqlite store, synchronous and `synchronous=False`), W&B (offline
+3. memory: a loop that logs --memory-steps steps (default 1,000,000) x 10 metrics offline as fast
+   as it goes, each step's dict built in the loop as a training job does (no prebuilt dicts
+   holding memory), and prints the process's peak RSS, the RSS before the loop, the peak of the
+   SDK's queued-bytes estimate against its bound (`queue_capacity_bytes`) and the dropped count;
+4. the same loop with MLflow (sqlite store, synchronous and `synchronous=False`), W&B (offline
    mode), Aim (local repo, `run.track(dict, step=i)`) and TensorBoard (`add_scalar` per metric,
    through torch.utils.tensorboard when torch is installed, else tensorboardX).
 
@@ -57,6 +61,7 @@ POINTS_PER_STEP = len(METRIC_NAMES)
 SEED = 20240611
 DEFAULT_STEPS = 20_000
 DEFAULT_THROUGHPUT_STEPS = 200_000  # long enough that finish()'s fixed cost (linger, acks) does not dominate
+DEFAULT_MEMORY_STEPS = 1_000_000  # the issue's case: 1,000,000 steps x 10 metrics reached 300 MB RSS
 GOAL_P50_US = 1.0
 GOAL_POINTS_PER_S = 1_000_000
 TOOLS = ("runstream", "mlflow", "wandb", "aim", "tensorboard")
@@ -72,12 +77,14 @@ class Case:
     step_cap: int | None = None  # slow trackers run fewer steps unless --same-steps
     timed: bool = True  # False: no per-call clocks, throughput only, --throughput-steps steps
     needs_kafka: bool = False
+    memory: bool = False  # the memory case: --memory-steps steps, dicts built in the loop, peak RSS
 
 
 CASES = (
     Case("runstream-spool", "runstream", "spool (Avro files)"),
     Case("runstream-kafka", "runstream", "kafka", needs_kafka=True),
     Case("runstream-kafka-untimed", "runstream", "kafka, loop without per-call clocks", timed=False, needs_kafka=True),
+    Case("runstream-memory", "runstream", "spool, full speed, dicts built in the loop", timed=False, memory=True),
     Case("mlflow", "mlflow", "sqlite store", step_cap=1_000),
     Case("mlflow-async", "mlflow", "sqlite store, synchronous=False", step_cap=1_000),
     Case("wandb", "wandb", "offline run folder", step_cap=10_000),
@@ -101,6 +108,10 @@ class Result:
     p99_us: float | None = None
     drops: int | None = None
     verified: bool | None = None  # runstream: the sink holds everything logged (checked after the clock)
+    peak_rss_mb: float | None = None  # the memory case: the process's peak resident memory
+    rss_before_mb: float | None = None  # ... and its resident memory just before the loop
+    queue_peak_mb: float | None = None  # ... and the peak of the SDK's queued-bytes estimate
+    queue_bound_mb: float | None = None
     notes: list[str] = field(default_factory=list)
     unavailable: str | None = None
 
@@ -284,10 +295,78 @@ OPENERS: dict[str, Callable[[Path, str | None], Session]] = {
 }
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, from /proc (0 where there is none)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_memory(steps: int, workdir: Path, result: Result) -> None:
+    """Log `steps` steps of 10 fresh floats offline as fast as the loop goes; peak RSS and drops.
+
+    The dicts are built in the loop (a prebuilt list of a million dicts would itself take ~600 MB),
+    so what stays resident beyond the interpreter is what the SDK holds.
+    """
+    import resource
+
+    import runstream
+    from runstream.producer.run import producer_stats
+
+    spool = workdir / "spool"
+    run = runstream.init(project="bench-producer-memory", spool=str(spool), sample_interval=0)
+    rnd = random.Random(SEED).random
+    names = METRIC_NAMES
+    log = run.log
+    result.rss_before_mb = rss_mb()
+    queue_peak = 0
+    start = time.perf_counter_ns()
+    for step in range(steps):
+        log({name: rnd() for name in names}, step=step)
+        if step % 5_000 == 0:
+            queue_peak = max(queue_peak, producer_stats().get("queued_bytes", 0))
+    loop_ns = time.perf_counter_ns() - start
+    run.finish()
+    elapsed_ns = time.perf_counter_ns() - start
+    result.steps = steps
+    result.loop_s, result.elapsed_s = loop_ns / 1e9, elapsed_ns / 1e9
+    result.points_per_s = steps * POINTS_PER_STEP / result.elapsed_s
+    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result.queue_peak_mb = queue_peak / 2**20
+    result.queue_bound_mb = getattr(run.settings, "queue_capacity_bytes", 0) / 2**20  # 0: an SDK without it
+    stats = producer_stats()
+    result.drops = stats["dropped_items"]
+    stored = 0
+    for path in sorted((spool / run.run_id).glob("metric_steps.*.avro")):
+        with open(path, "rb") as handle:
+            stored += sum(len(record["steps"]) for record in fastavro_reader(handle))
+    logged = steps * POINTS_PER_STEP
+    dropped_points = result.drops * POINTS_PER_STEP
+    result.verified = stored + dropped_points == logged
+    result.notes.append(f"spool files hold {stored:,} points, dropped {dropped_points:,}, logged {logged:,}")
+
+
+def fastavro_reader(handle: Any) -> Iterable[Any]:
+    import fastavro
+
+    reader: Iterable[Any] = fastavro.reader(handle)
+    return reader
+
+
 def run_child(key: str, steps: int, workdir: Path, kafka: str | None, result_path: Path) -> None:
     """Measure one case in this process and write its Result as JSON."""
     case = CASES_BY_KEY[key]
     result = Result(steps=steps, sink=case.sink)
+    if case.memory:
+        try:
+            run_memory(steps, workdir, result)
+        except Exception as error:
+            result.unavailable = (f"{type(error).__name__}: {error}".strip().splitlines() or ["?"])[0][:300]
+        result_path.write_text(json.dumps(result.__dict__))
+        return
     batches = make_steps(steps)
     try:
         started = time.perf_counter()
@@ -448,6 +527,14 @@ def print_table(rows: list[tuple[Case, Result]]) -> None:
     print("loop mean: the loop's wall time per point; unlike p50 it includes the time the training thread")
     print("waited while the tool's own threads held the GIL.")
     for case, result in rows:
+        if case.memory and result.unavailable is None:
+            print(
+                f"memory: {result.steps:,} steps x {POINTS_PER_STEP} metrics offline at full speed: peak RSS"
+                f" {result.peak_rss_mb:.0f} MB ({result.rss_before_mb:.0f} MB before the loop); queue peak"
+                f" {result.queue_peak_mb:.1f} MB of a {result.queue_bound_mb:.0f} MB bound; {result.drops:,} dropped"
+                f" log() calls; {result.points_per_s:,.0f} points/s"
+            )
+    for case, result in rows:
         if result.unavailable is None:
             details = [
                 f"setup {result.setup_s:.2f}s",
@@ -485,6 +572,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "slow trackers run fewer unless --same-steps")
     parser.add_argument("--throughput-steps", type=int, default=DEFAULT_THROUGHPUT_STEPS,
                         help=f"steps of the untimed Kafka throughput case (default {DEFAULT_THROUGHPUT_STEPS:,})")
+    parser.add_argument("--memory-steps", type=int, default=DEFAULT_MEMORY_STEPS,
+                        help=f"steps of the memory case (default {DEFAULT_MEMORY_STEPS:,})")
     parser.add_argument("--same-steps", action="store_true",
                         help="run every tracker for --steps steps (MLflow takes ~8 ms a step on a small machine)")
     parser.add_argument("--only", default=",".join(TOOLS), help=f"comma list of tools (default {','.join(TOOLS)})")
@@ -498,7 +587,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for option in ("steps", "throughput_steps"):
+    for option in ("steps", "throughput_steps", "memory_steps"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')}: expected at least 1, got {getattr(args, option)}")
     tools = [tool.strip() for tool in args.only.split(",") if tool.strip()]
@@ -535,7 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kafka_error = f"no broker: {error}"
                 print(f"kafka: {kafka_error}", flush=True)
         for case in cases:
-            if not case.timed:
+            if case.memory:
+                steps = args.memory_steps
+            elif not case.timed:
                 steps = args.throughput_steps
             elif args.same_steps or case.step_cap is None:
                 steps = args.steps

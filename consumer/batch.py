@@ -1,17 +1,22 @@
 """Turns decoded events into columns, one set per ClickHouse table, checking each event's invariants.
 
 Metric steps arrive columnar already, so a batch extends its columns with whole arrays rather
-than building a Python object per point.
+than building a Python object per point. Every value an event adds is checked against its
+column's ClickHouse type (`column_checks.py`) before it joins the batch: an event that the insert
+would reject raises InvalidEvent and leaves the batch as it was, so it alone is dead-lettered.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from runstream.consumer.column_checks import TableChecks, Violation, build_checks
 
 MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is rejected
 
@@ -48,6 +53,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Each written column's ClickHouse type as a check, from the DDL in migrations.py (built once).
+COLUMN_CHECKS: dict[str, TableChecks] = build_checks(TABLE_COLUMNS)
+
 #: gpu_samples columns that come straight from a GpuSample record's field of the same name.
 _GPU_SAMPLE_FIELDS = tuple(name for name in TABLE_COLUMNS["gpu_samples"] if name not in ("run_id", "host", "time"))
 
@@ -58,6 +66,12 @@ class InvalidEvent(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @classmethod
+    def of(cls, event_type: str, record: dict[str, Any], violation: Violation) -> InvalidEvent:
+        """A value the column's type cannot hold, named with its event, table, column and value."""
+        owner = record.get("run_id") or record.get("model") or "?"
+        return cls(violation.reason, f"{event_type} event {record.get('event_id')!r} of {owner}: {violation}")
 
 
 def _param_columns(value: Any) -> tuple[str, float | None, str]:
@@ -84,6 +98,12 @@ class Batch:
         self.event_counts: Counter[str] = Counter()
         # Metric points stay as each event's arrays until the insert: no Python object per point.
         self._metric_events: list[tuple[str, list[str], Any, Any, Any, Any]] = []
+        #: Source messages (keys) of this batch that were dead-lettered: a batch split to isolate
+        #: an insert failure re-batches only the others, and dead-letters none of them twice.
+        self.rejected: set[Hashable] = set()
+        #: An insert of this batch was rejected for its rows and its messages are being isolated.
+        self.isolating = False
+        self._rows_rejected: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return self.events
@@ -94,7 +114,19 @@ class Batch:
         return len(self.columns[table][TABLE_COLUMNS[table][0]])
 
     def table_rows(self) -> dict[str, int]:
-        return {table: self.rows(table) for table in TABLE_COLUMNS if self.rows(table)}
+        """Rows per table as stored: without the rows of events dead-lettered after an insert failed."""
+        rows = {table: self.rows(table) - self._rows_rejected[table] for table in TABLE_COLUMNS}
+        return {table: count for table, count in rows.items() if count > 0}
+
+    def discount(self, part: Batch) -> None:
+        """Take `part`'s events out of this batch's counts: they were dead-lettered after the insert
+        failed (the columns keep them; the sink writes what it was given, the counts say what was stored)."""
+        self.events -= part.events
+        self.points -= part.points
+        self.event_counts.subtract(part.event_counts)
+        self.event_counts = +self.event_counts  # drop the zeros
+        for table in TABLE_COLUMNS:
+            self._rows_rejected[table] += part.rows(table)
 
     def metric_points_table(self) -> pa.Table:
         """The batch's metric points as an Arrow table: run ids and metric names dictionary-encoded
@@ -139,9 +171,30 @@ class Batch:
         handler = getattr(self, f"_add_{event_type}", None)
         if handler is None:
             raise InvalidEvent("unknown_event_type", f"no table for event type {event_type!r}")
-        handler(record, now_us)
+        if event_type == "metric_steps":  # checked array by array inside, before anything is appended
+            handler(record, now_us)
+        else:
+            self._add_checked(handler, event_type, record, now_us)
         self.events += 1
         self.event_counts[event_type] += 1
+
+    def _add_checked(self, handler: Any, event_type: str, record: dict[str, Any], now_us: int) -> None:
+        """Run `handler`, then check every row it appended against the column types; on any failure
+        cut each column back to where it was, so the batch holds whole events only."""
+        starts = {table: len(columns[TABLE_COLUMNS[table][0]]) for table, columns in self.columns.items()}
+        try:
+            handler(record, now_us)
+            for table, start in starts.items():
+                columns = self.columns[table]
+                if len(columns[TABLE_COLUMNS[table][0]]) > start:
+                    violation = COLUMN_CHECKS[table].rows(columns, start)
+                    if violation is not None:
+                        raise InvalidEvent.of(event_type, record, violation)
+        except BaseException:
+            for table, start in starts.items():
+                for values in self.columns[table].values():
+                    del values[start:]
+            raise
 
     def _add_run_started(self, r: dict[str, Any], _now: int) -> None:
         git = r["git"]
@@ -209,6 +262,11 @@ class Batch:
             )
         if n and int(times.max()) > now_us + MAX_FUTURE_US:
             raise InvalidEvent("future_timestamp", f"metric_steps of run {r['run_id']}: a point is in the future")
+        checks = COLUMN_CHECKS["metric_points"]
+        violation = (checks.value("run_id", r["run_id"]) or checks.column("metric", names)
+                     or checks.array("step", steps) or checks.array("value", values) or checks.array("time", times))
+        if violation is not None:
+            raise InvalidEvent.of("metric_steps", r, violation)
         self._metric_events.append((r["run_id"], names, index, steps, values, times))
         self.points += n
 

@@ -7,6 +7,7 @@ and error message.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,9 +17,8 @@ from urllib.parse import quote, urlparse, urlunparse
 
 from runstream.consumer.dsn import default_dsn
 from runstream.consumer.service import ConsumerSettings
+from runstream.producer.kafka_settings import KafkaConfigError, resolve_options
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
-
-SECRET_KAFKA_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
 
 #: Consumer keys: (type, environment variable, default).
 CONSUMER_KEYS: dict[str, tuple[type, str, Any]] = {
@@ -30,18 +30,18 @@ CONSUMER_KEYS: dict[str, tuple[type, str, Any]] = {
     "batch_max_messages": (int, "RUNSTREAM_BATCH_MAX_MESSAGES", 20_000),
     "batch_max_wait": (float, "RUNSTREAM_BATCH_MAX_WAIT", 1.0),
     "partitions": (int, "RUNSTREAM_PARTITIONS", 6),
+    # topics this consumer creates: None = the broker's default replication factor; min.insync.replicas
+    # None = 2 when the effective factor is >= 3 (see topics_admin.ensure_topics)
+    "replication_factor": (int, "RUNSTREAM_REPLICATION_FACTOR", None),
+    "min_insync_replicas": (int, "RUNSTREAM_MIN_INSYNC_REPLICAS", None),
     "listen": (str, "RUNSTREAM_LISTEN", None),
     "idle_exit": (float, "RUNSTREAM_IDLE_EXIT", None),
+    # None = derived from the host name (see default_instance_id); "" = no static membership.
+    "instance_id": (str, "RUNSTREAM_INSTANCE_ID", None),
 }
 
-#: librdkafka options that may also come from the environment (credentials usually do).
-KAFKA_ENV = {
-    "security.protocol": "RUNSTREAM_KAFKA_SECURITY_PROTOCOL",
-    "sasl.mechanism": "RUNSTREAM_KAFKA_SASL_MECHANISM",
-    "sasl.username": "RUNSTREAM_KAFKA_SASL_USERNAME",
-    "sasl.password": "RUNSTREAM_KAFKA_SASL_PASSWORD",
-    "ssl.ca.location": "RUNSTREAM_KAFKA_SSL_CA_LOCATION",
-}
+#: librdkafka options (`[kafka]` table, RUNSTREAM_KAFKA_* variables, --kafka-option) are resolved by
+#: runstream.producer.kafka_settings, the definition every Kafka client of runstream shares.
 
 CLICKHOUSE_KEYS = {"user": "RUNSTREAM_CLICKHOUSE_USER", "password": "RUNSTREAM_CLICKHOUSE_PASSWORD"}
 SECTIONS = ("consumer", "kafka", "clickhouse")
@@ -62,9 +62,16 @@ class ConsumerConfig:
         from runstream.consumer.dsn import redact
 
         s = self.settings
-        options = ", ".join(f"{k}={'***' if k in SECRET_KAFKA_KEYS else v}" for k, v in s.kafka_options)
-        return (f"kafka={s.kafka} group={s.group_id} prefix={s.topic_prefix} clickhouse={redact(s.clickhouse)} "
-                f"kafka options: {options or 'none'}")
+        options = ", ".join(f"{k}={v}" for k, v in s.kafka_options)
+        return (f"kafka={s.kafka} group={s.group_id} instance={s.instance_id or '(dynamic)'} "
+                f"prefix={s.topic_prefix} clickhouse={redact(s.clickhouse)} kafka options: {options or 'none'}")
+
+
+def default_instance_id() -> str:
+    """The host name: stable across restarts where it matters (a Kubernetes StatefulSet's pod name,
+    a VM), so a restarted consumer rejoins its group as the same static member at once. Several
+    consumers of one group on one host need distinct `--instance-id`s (a duplicate is fenced)."""
+    return socket.gethostname() or "runstream-consumer"
 
 
 def _coerce(key: str, kind: type, value: Any, where: str) -> Any:
@@ -143,15 +150,15 @@ def load_consumer_config(
             merged[key] = _coerce(key, kind, from_file[key], f"config file [consumer] {key}")
         else:
             merged[key] = default
+    if arguments.get("instance_id") is None and environment.get("RUNSTREAM_INSTANCE_ID") == "":
+        merged["instance_id"] = ""  # set but empty: static membership off
     if not merged["kafka"]:
         raise ConfigError("kafka: bootstrap servers are required (--kafka, RUNSTREAM_KAFKA or [consumer] kafka)")
-    kafka_options = {
-        str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in data.get("kafka", {}).items()
-    }
-    for option, env_name in KAFKA_ENV.items():
-        if environment.get(env_name):
-            kafka_options[option] = environment[env_name]
-    kafka_options.update(kafka_arguments or {})
+    try:  # per option: command line > RUNSTREAM_KAFKA_* > [kafka]; reserved and unknown options rejected
+        kafka_options = resolve_options(kafka_arguments, environ=environment, file_options=data.get("kafka", {}),
+                                        file_name=f"config file {str(file)!r}" if file else "config file")
+    except KafkaConfigError as error:
+        raise ConfigError(str(error)) from None
     clickhouse_file = data.get("clickhouse", {})
     user = environment.get(CLICKHOUSE_KEYS["user"]) or clickhouse_file.get("user")
     password = environment.get(CLICKHOUSE_KEYS["password"]) or clickhouse_file.get("password")
@@ -161,7 +168,9 @@ def load_consumer_config(
             kafka=merged["kafka"], clickhouse=dsn, topic_prefix=merged["topic_prefix"], group_id=merged["group"],
             batch_max_points=merged["batch_max_points"], batch_max_messages=merged["batch_max_messages"],
             batch_max_wait_s=merged["batch_max_wait"], partitions=merged["partitions"],
-            kafka_options=tuple(sorted(kafka_options.items())),
+            instance_id=default_instance_id() if merged["instance_id"] is None else merged["instance_id"] or None,
+            replication_factor=merged["replication_factor"], min_insync_replicas=merged["min_insync_replicas"],
+            kafka_options=kafka_options,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -71,8 +71,12 @@ def redact(dsn: str) -> str:
     return urlunparse(parsed._replace(netloc=netloc))
 
 
-def connect(dsn: str) -> tuple[Any, str]:
-    """A clickhouse-connect client and the database name; creates the database if needed."""
+def connect(dsn: str, *, create_database: bool = True) -> tuple[Any, str]:
+    """A clickhouse-connect client and the database name; creates the database if needed.
+
+    Read commands pass `create_database=False`: they never run DDL, and a database that is not
+    there raises ConnectionError saying to run `runstream migrate`.
+    """
     import clickhouse_connect
 
     target = parse_dsn(dsn)
@@ -80,15 +84,23 @@ def connect(dsn: str) -> tuple[Any, str]:
         Path(target.client_dsn[len("chdb://") :]).mkdir(parents=True, exist_ok=True)
     try:
         bootstrap = clickhouse_connect.get_client(dsn=target.client_dsn)
-        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {target.database}")
+        if create_database:
+            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {target.database}")
+            exists = True
+        else:
+            exists = bool(bootstrap.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                                          parameters={"db": target.database}).result_rows[0][0])
         bootstrap.close()
         # A second client whose default database is ours, so users' SQL may name tables bare.
-        client = clickhouse_connect.get_client(dsn=target.client_dsn, database=target.database)
+        client = clickhouse_connect.get_client(dsn=target.client_dsn, database=target.database) if exists else None
     except Exception as error:
         # The driver's message may quote the DSN; ours never shows the password.
         raise ConnectionError(
             f"cannot connect to ClickHouse at {redact(dsn)}: {type(error).__name__}: {_scrub(str(error), dsn)}"
         ) from None
+    if client is None:
+        raise ConnectionError(f"database {target.database!r} does not exist at {redact(dsn)}: run `runstream migrate` "
+                          "with the same --clickhouse (the consumer also creates it when it starts)")
     return client, target.database
 
 

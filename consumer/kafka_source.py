@@ -2,6 +2,12 @@
 
 Offsets are committed explicitly, after the sink has written the batch that contains them,
 so a crash re-delivers at most the batch in hand (and ClickHouse collapses the duplicates).
+
+While a write is being retried the source stays in the group without consuming: every assigned
+partition is paused, including partitions a rebalance assigns during the wait, and a message a
+poll still returns is sought back, never dropped. With a `group.instance.id` (static membership)
+a restarted consumer takes its partitions back at once instead of waiting out its dead
+predecessor's session (45 s by default).
 """
 
 from __future__ import annotations
@@ -9,36 +15,71 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from runstream.producer.kafka_settings import KafkaSettings
 from runstream.schemas import EVENT_TYPES, topic_for
 
 log = logging.getLogger(__name__)
+
+#: session.timeout.ms for a static member unless the options set it. A static member does not leave
+#: the group when it stops (KIP-345; librdkafka has no way to), so a consumer removed by a scale-down
+#: or a rollout holds its partitions, and stalls any rebalance, until its session expires: 10 s
+#: instead of librdkafka's 45 s bounds that, while a restart within it still rejoins at once.
+#: Heartbeats come from librdkafka's own thread, so a long write retry never expires the session.
+STATIC_SESSION_TIMEOUT_MS = 10_000
 
 
 class KafkaSource:
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: str | KafkaSettings,
         topic_prefix: str,
         group_id: str,
         *,
         extra_config: dict[str, Any] | None = None,
+        instance_id: str | None = None,
     ) -> None:
+        """`kafka`: the shared client settings (or bootstrap servers plus `extra_config` librdkafka options);
+        the group id and manual offset commits come from `KafkaSettings.consumer_config`, never from options."""
         from confluent_kafka import Consumer
 
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
+        settings = KafkaSettings.of(kafka, extra_config)
+        config = settings.consumer_config(group_id, {
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "client.id": "runstream-consumer",
-        }
-        config.update(extra_config or {})
+        })
+        if instance_id:
+            config["group.instance.id"] = instance_id
+            config.setdefault("session.timeout.ms", STATIC_SESSION_TIMEOUT_MS)
         self.topics = [topic_for(topic_prefix, event_type) for event_type in EVENT_TYPES]
-        self._consumer = Consumer(config)
-        self._consumer.subscribe(self.topics)
+        self._paused = False
+        # The callbacks below take the assignment themselves, which differs by rebalance protocol.
+        self._cooperative = "cooperative" in str(config.get("partition.assignment.strategy", ""))
+        self._consumer = settings.build(Consumer, config, "consumer")
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    # -- rebalance callbacks (run inside consume()/poll(), on the loop's own thread) -----------
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        """A partition assigned while a write is being retried starts paused, so nothing is fetched
+        that the consumer could not keep."""
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+            log.info("assigned %d partition(s) during a write retry; they stay paused", len(partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        """Nothing to flush here: offsets are committed only after a write, and `commit` leaves out
+        partitions this member no longer owns (their new owner re-reads from the last commit and
+        ClickHouse collapses the repeats)."""
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
 
     def poll(self, max_messages: int, timeout: float) -> list[Any]:
         """Messages that arrived (possibly none). A broker that is away is logged and waited out
@@ -75,6 +116,16 @@ class KafkaSource:
             latest[key] = max(latest.get(key, -1), message.offset())
         if not latest:
             return False
+        # A partition revoked between the write and this commit belongs to another member now:
+        # committing for it could move its new owner's offset back; it re-reads from the last commit.
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        revoked = [key for key in latest if key not in owned]
+        for key in revoked:
+            del latest[key]
+        if revoked:
+            log.info("not committing %d partition(s) revoked since their messages were read", len(revoked))
+        if not latest:
+            return False
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
         for attempt in range(5):
             try:
@@ -91,16 +142,45 @@ class KafkaSource:
                 return False
         return False
 
-    def keepalive(self, seconds: float) -> None:
-        """Stay in the group while a write is being retried: pause fetching, serve the protocol."""
+    def keepalive(self, seconds: float) -> int:
+        """Stay in the group while a write is being retried: pause every assigned partition (and, via
+        `_on_assign`, any assigned during the wait), serve the group protocol, and seek back anything a
+        poll still returns, so that no message is consumed and then passed by a later commit."""
+        if not self._paused:
+            self._paused = True
+            assignment = self._consumer.assignment()
+            if assignment:
+                self._consumer.pause(assignment)
+        return self.seek_back(self._consumer.consume(num_messages=1, timeout=seconds))
+
+    def seek_back(self, messages: list[Any]) -> int:
+        """Rewind each partition to the first of these messages, so they are fetched again later
+        (after a resume); returns how many messages were handed back."""
+        from confluent_kafka import TopicPartition
+
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is not None:
+                continue
+            key = (message.topic(), message.partition())
+            first[key] = min(first.get(key, message.offset()), message.offset())
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+            log.info("sought %s[%d] back to offset %d during a write retry", topic, partition, offset)
+        return sum(1 for m in messages if m.error() is None)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def resume(self) -> None:
+        """Fetch again after a write retry ended: every partition assigned now, paused or not."""
+        if not self._paused:
+            return
+        self._paused = False
         assignment = self._consumer.assignment()
         if assignment:
-            self._consumer.pause(assignment)
-        try:
-            self._consumer.consume(num_messages=1, timeout=seconds)
-        finally:
-            if assignment:
-                self._consumer.resume(assignment)
+            self._consumer.resume(assignment)
 
     def lag(self, messages: list[Any]) -> dict[tuple[str, int], int]:
         """Messages between the last one handled and the partition's high watermark (as last fetched)."""

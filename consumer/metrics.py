@@ -32,6 +32,24 @@ class ConsumerMetrics:
         self.write_retries = Counter(
             "runstream_consumer_write_retries", "Batch writes or commits that failed and were retried", registry=r
         )
+        self.write_retry_reasons = Counter(
+            "runstream_consumer_write_retry_reasons",
+            "Failed batch writes that will be retried, by reason (storage_243 = disk full, storage_1001 = "
+            "filesystem error, connection, timeout, clickhouse_CODE)", ["reason"], registry=r,
+        )
+        self.write_blocked = Gauge(
+            "runstream_consumer_write_blocked",
+            "1 while a batch write is being retried (nothing is consumed or committed; /readyz fails)", registry=r,
+        )
+        self.write_blocked_seconds = Counter(
+            "runstream_consumer_write_blocked_seconds", "Time spent with a batch write blocked in retries",
+            registry=r,
+        )
+        self.sought_back = Counter(
+            "runstream_consumer_messages_sought_back",
+            "Messages a poll returned during a write retry, handed back to Kafka (sought back) instead of dropped",
+            registry=r,
+        )
         self.lag = Gauge(
             "runstream_consumer_lag", "Messages behind the partition's high watermark", ["topic", "partition"],
             registry=r,

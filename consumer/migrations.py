@@ -15,8 +15,10 @@ The storage model (docs/storage.md has the measurements behind every choice):
 - Rollups that dashboards read constantly are AggregatingMergeTree tables fed by materialized
   views. An MV sees every delivery, including duplicates FINAL would hide, so the metric summary
   is built only from duplicate-insensitive states (min, max, argMin/argMax on total orders, a
-  bitmap of steps): it stays exact when a batch is redelivered. The GPU rollup's GPU-seconds are
-  exact too (first and last sample); its means weigh a redelivered sample twice.
+  bitmap of steps): it stays exact when a batch is redelivered. The GPU rollup keeps each GPU's
+  first and last sample time per 150 s slot (`gpu_held_slots`), so its GPU-seconds follow the one
+  definition of GPU-hours (`runstream.monitoring.gpu_hours`, gaps over 5 minutes not held) exactly,
+  redelivered or not; its means weigh a redelivered sample twice.
 
 `MIGRATIONS` renders these table specs for one server; `runstream.consumer.cluster` renders the
 same specs as ON CLUSTER DDL with Replicated engines and Distributed tables. Changing the schema:
@@ -34,9 +36,11 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from runstream.comparison import LOWER_IS_BETTER
+from runstream.analysis.views import ANALYSIS_VIEWS
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
 from runstream.consumer.table_spec import MaterializedView, Table, View
+from runstream.monitoring.gpu_hours import SAMPLE_MS_SQL, SLOT_OF_SAMPLE_SQL, slot_held_ms_sql
+from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +272,6 @@ METRIC_SUMMARY_MV = MaterializedView(
     """.replace("{ordered}", _ORDERED_BITS),
 )
 
-_LOWER_IS_BETTER_SQL = "multiSearchAny(lower(metric), [{}])".format(
-    ", ".join(f"'{part}'" for part in LOWER_IS_BETTER)
-)
-
 METRIC_SUMMARY = View(
     "metric_summary",
     """
@@ -297,9 +297,9 @@ METRIC_SUMMARY = View(
     """,
 )
 
-# Per (run, host, GPU, hour). first/last sample are exact under redelivery, so GPU-seconds are;
-# the means (utilisation, power, hence energy = mean power x span) weigh a redelivered sample
-# twice, and `samples` counts deliveries.
+# Per (run, host, GPU, hour). first/last sample are exact under redelivery; the means (utilisation,
+# power, hence energy = mean power x held time) weigh a redelivered sample twice, and `samples`
+# counts deliveries. GPU-seconds come from `gpu_held_slots` below.
 GPU_USAGE_HOURLY_STATES = Table(
     "gpu_usage_hourly_states",
     (
@@ -344,6 +344,72 @@ GPU_USAGE_HOURLY_MV = MaterializedView(
     """,
 )
 
+# Per (run, host, GPU, 150 s slot): the first and last sample time in ms. An MV sees one insert block at
+# a time and cannot look up a sample's predecessor; these two numbers per slot are what the one
+# definition of GPU-hours needs, exactly (runstream.monitoring.gpu_hours.SLOT_MS says why), and min/max
+# are exact under redelivery. 24 small rows a GPU-hour; slots nest in hours.
+GPU_HELD_SLOTS = Table(
+    "gpu_held_slots",
+    (
+        "run_id String",
+        "host LowCardinality(String)",
+        "gpu_index UInt16",
+        "slot DateTime('UTC')",
+        f"first_ms SimpleAggregateFunction(min, Int64) {TIME_CODEC}",
+        f"last_ms SimpleAggregateFunction(max, Int64) {TIME_CODEC}",
+    ),
+    "AggregatingMergeTree",
+    "(run_id, host, gpu_index, slot)",
+    partition_by="toYYYYMM(slot)",
+)
+
+GPU_HELD_SLOTS_MV = MaterializedView(
+    "gpu_held_slots_mv",
+    "gpu_samples",
+    "gpu_held_slots",
+    """
+    SELECT run_id, host, gpu_index, {slot} AS slot, min({sample_ms}) AS first_ms, max({sample_ms}) AS last_ms
+    FROM {source}
+    GROUP BY run_id, host, gpu_index, slot
+    """.replace("{slot}", SLOT_OF_SAMPLE_SQL).replace("{sample_ms}", SAMPLE_MS_SQL),
+)
+
+# Per (run, host, GPU, hour): the hour's merged states next to `held_s`, its GPU-seconds by the one
+# definition (each slot counts from the previous slot's last sample, which may lie in the hour before,
+# so the hours add up to the run). An hour rolled up before the slots were kept (migration 5) whose raw
+# samples had expired by then has no slots: it counts last - first sample.
+_GPU_HOURS_OF_ROLLUP = """
+    SELECT
+        u.run_id AS run_id, u.host AS host, u.gpu_index AS gpu_index, u.hour AS hour,
+        u.utilization AS utilization, u.power AS power, u.peak_memory AS peak_memory, u.deliveries AS deliveries,
+        if(h.has_slots = 1, h.held_ms, dateDiff('millisecond', u.first_sample, u.last_sample)) / 1000 AS held_s
+    FROM (
+        SELECT
+            run_id, host, gpu_index, hour,
+            min(first_sample) AS first_sample,
+            max(last_sample) AS last_sample,
+            avgMergeState(utilization_state) AS utilization,
+            avgMergeState(power_state) AS power,
+            max(max_memory_used_bytes) AS peak_memory,
+            sum(samples) AS deliveries
+        FROM {gpu_usage_hourly_states}
+        GROUP BY run_id, host, gpu_index, hour
+    ) AS u
+    LEFT JOIN (
+        SELECT run_id, host, gpu_index, toStartOfHour(slot) AS hour, sum(held) AS held_ms, toUInt8(1) AS has_slots
+        FROM (
+            SELECT run_id, host, gpu_index, slot, {held_slot} AS held
+            FROM (
+                SELECT run_id, host, gpu_index, slot, min(first_ms) AS first_ms, max(last_ms) AS last_ms
+                FROM {gpu_held_slots}
+                GROUP BY run_id, host, gpu_index, slot
+            )
+            WINDOW w AS (PARTITION BY run_id, host, gpu_index ORDER BY slot ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+        )
+        GROUP BY run_id, host, gpu_index, hour
+    ) AS h ON h.run_id = u.run_id AND h.host = u.host AND h.gpu_index = u.gpu_index AND h.hour = u.hour
+""".replace("{held_slot}", slot_held_ms_sql("w"))
+
 GPU_USAGE_HOURLY = View(
     "gpu_usage_hourly",
     """
@@ -351,22 +417,13 @@ GPU_USAGE_HOURLY = View(
         run_id,
         hour,
         count() AS gpus,
-        sum(span_s) AS gpu_seconds,
+        sum(held_s) AS gpu_seconds,
         avgMerge(utilization) AS avg_utilization_pct,
-        sum(mean_power_w * span_s) / 3600 AS energy_wh,
+        sum(finalizeAggregation(power) * held_s) / 3600 AS energy_wh,
         sum(deliveries) AS samples
-    FROM (
-        SELECT
-            run_id, hour, host, gpu_index,
-            dateDiff('microsecond', min(first_sample), max(last_sample)) / 1e6 AS span_s,
-            avgMergeState(utilization_state) AS utilization,
-            avgMerge(power_state) AS mean_power_w,
-            sum(samples) AS deliveries
-        FROM {gpu_usage_hourly_states}
-        GROUP BY run_id, hour, host, gpu_index
-    )
+    FROM ({gpu_hours_of_rollup})
     GROUP BY run_id, hour
-    """,
+    """.replace("{gpu_hours_of_rollup}", _GPU_HOURS_OF_ROLLUP),
 )
 
 GPU_USAGE_BY_RUN = View(
@@ -375,35 +432,40 @@ GPU_USAGE_BY_RUN = View(
     SELECT
         run_id,
         count() AS gpus,
-        sum(span_s) / 3600 AS gpu_hours,
+        sum(held_s) / 3600 AS gpu_hours,
         avgMerge(utilization) AS avg_utilization_pct,
-        sum(mean_power_w * span_s) / 3600 AS energy_wh,
+        sum(mean_power_w * held_s) / 3600 AS energy_wh,
         max(peak_memory) AS peak_memory_used_bytes,
         sum(deliveries) AS samples
     FROM (
         SELECT
             run_id, host, gpu_index,
-            dateDiff('microsecond', min(first_sample), max(last_sample)) / 1e6 AS span_s,
-            avgMergeState(utilization_state) AS utilization,
-            avgMerge(power_state) AS mean_power_w,
-            max(max_memory_used_bytes) AS peak_memory,
-            sum(samples) AS deliveries
-        FROM {gpu_usage_hourly_states}
+            sum(held_s) AS held_s,
+            avgMergeState(utilization) AS utilization,
+            avgMerge(power) AS mean_power_w,
+            max(peak_memory) AS peak_memory,
+            sum(deliveries) AS deliveries
+        FROM ({gpu_hours_of_rollup})
         GROUP BY run_id, host, gpu_index
     )
     GROUP BY run_id
-    """,
+    """.replace("{gpu_hours_of_rollup}", _GPU_HOURS_OF_ROLLUP),
 )
 
 FACT_TABLES: tuple[Table, ...] = (
     RUNS, RUN_PARAMS, RUN_DATA_VERSIONS, METRIC_POINTS, GPU_SAMPLES, HOST_SAMPLES, RUN_FINISHES,
 )
 ROLLUP_TABLES: tuple[Table, ...] = (METRIC_SUMMARY_STATES, GPU_USAGE_HOURLY_STATES)
-MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (METRIC_SUMMARY_MV, GPU_USAGE_HOURLY_MV)
+ROLLUP_MVS: tuple[MaterializedView, ...] = (METRIC_SUMMARY_MV, GPU_USAGE_HOURLY_MV)
+#: Migration 5's: GPU-hours with the gap cap.
+GPU_HELD_TABLES: tuple[Table, ...] = (GPU_HELD_SLOTS,)
+GPU_HELD_MVS: tuple[MaterializedView, ...] = (GPU_HELD_SLOTS_MV,)
+#: Every MV of every migration (the cluster DDL reads this).
+MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS
 RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
-TABLES: tuple[Table, ...] = FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES
-VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS
+TABLES: tuple[Table, ...] = FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
+VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS
 
 
 def ttl_clause(days: int | None) -> str:
@@ -451,8 +513,8 @@ def create_materialized_view_sql(mv: MaterializedView, database: str, *, on_clus
 
 
 def create_view_sql(view: View, database: str, *, on_cluster: str = "") -> str:
-    names = {table.name: f"{database}.{table.name}" for table in TABLES}
-    select = _dedent(view.select).format(lower_is_better=_LOWER_IS_BETTER_SQL, **names)
+    names = {spec.name: f"{database}.{spec.name}" for spec in TABLES + VIEWS}
+    select = _dedent(view.select).format(lower_is_better=LOWER_IS_BETTER_SQL, **names)
     return f"CREATE VIEW IF NOT EXISTS {database}.{view.name}{on_cluster}\nAS {select}"
 
 
@@ -464,6 +526,15 @@ def _dedent(sql: str) -> str:
 # layout, so versions 1-2 are the clean set; later changes append versions, never edit these.
 _DB = "{db}"
 
+# The slots of the samples already stored (the MV sees only new ones): min/max, so a sample that
+# the MV also saw is not counted twice. Samples that had expired leave their hours without slots.
+_GPU_HELD_SLOTS_BACKFILL = f"""
+INSERT INTO {_DB}.gpu_held_slots (run_id, host, gpu_index, slot, first_ms, last_ms)
+SELECT run_id, host, gpu_index, {SLOT_OF_SAMPLE_SQL} AS slot, min({SAMPLE_MS_SQL}), max({SAMPLE_MS_SQL})
+FROM {_DB}.gpu_samples FINAL
+GROUP BY run_id, host, gpu_index, slot
+"""  # noqa: S608 - the module's own text
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -474,8 +545,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "rollups: metric_summary and gpu_usage (AggregatingMergeTree fed by materialized views)",
         tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in ROLLUP_TABLES)
-        + tuple(create_materialized_view_sql(mv, _DB) for mv in MATERIALIZED_VIEWS)
-        + tuple(create_view_sql(view, _DB) for view in RUN_VIEWS),
+        + tuple(create_materialized_view_sql(mv, _DB) for mv in ROLLUP_MVS)
+        # (the GPU usage views read gpu_held_slots, so migration 5 creates them)
+        + (create_view_sql(METRIC_SUMMARY, _DB),),
     ),
     Migration(
         3,
@@ -488,6 +560,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in COST_TABLES)
         + tuple(create_view_sql(view, _DB) for view in COST_VIEWS),
     ),
+    Migration(
+        5,
+        "one definition of GPU-hours (gpu_held_slots) and the analysis views",
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in GPU_HELD_TABLES)
+        + tuple(create_materialized_view_sql(mv, _DB) for mv in GPU_HELD_MVS)
+        + (_GPU_HELD_SLOTS_BACKFILL,)
+        # Views read before this version (and the analysis views `ensure_views` used to create on read)
+        # are replaced: dependants first.
+        + tuple(f"DROP VIEW IF EXISTS {_DB}.{view.name}"
+                for view in (*reversed(ANALYSIS_VIEWS), GPU_USAGE_BY_RUN, GPU_USAGE_HOURLY))
+        + tuple(create_view_sql(view, _DB) for view in (GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN, *ANALYSIS_VIEWS)),
+    ),
 )
 
 _LEDGER = """
@@ -497,6 +581,40 @@ CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree ORDER BY version
 """
+
+
+def _in_database(statement: str, database: str) -> str:
+    """Fill in the {db} of a statement template; a replace, not str.format, since views carry
+    ClickHouse query parameters in braces ({mode:String})."""
+    return statement.replace(_DB, database)
+
+
+class NotMigrated(RuntimeError):
+    """A read command met a database that lacks tables or views this runstream reads."""
+
+
+def require_migrated(client: Any, database: str) -> None:
+    """Raise NotMigrated, naming what is missing, unless `database` has every migration applied.
+
+    Read commands (analysis, cost, drift, the monitor) call this instead of migrating: DDL runs only
+    in `runstream migrate` and in the consumer, which owns the schema. Read-only: it only queries
+    system.tables and the ledger.
+    """
+    tables = {str(name) for (name,) in client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": database}).result_rows}
+    if "metric_points" in tables and is_cluster_managed(client, database):
+        return  # `runstream migrate --cluster` lays these out; it keeps no single-server ledger
+    done: set[int] = set()
+    if "schema_migrations" in tables:
+        query = f"SELECT DISTINCT version FROM {database}.schema_migrations"  # noqa: S608
+        done = {int(version) for (version,) in client.query(query).result_rows}
+    missing = [m for m in MIGRATIONS if m.version not in done]
+    if missing:
+        what = "; ".join(f"{m.version} ({m.name})" for m in missing)
+        raise NotMigrated(
+            f"database {database!r} lacks migration(s) {what}: run `runstream migrate` with the same --clickhouse "
+            "(the consumer also applies them when it starts)"
+        )
 
 
 def applied_migrations(client: Any, database: str) -> dict[int, str]:
@@ -546,7 +664,7 @@ def migrate(client: Any, database: str, *, sample_ttl_days: int | None = None) -
         if migration.version in done:
             continue
         for statement in migration.statements:
-            client.command(statement.format(db=database))
+            client.command(_in_database(statement, database))
         client.insert(
             f"{database}.schema_migrations",
             [[migration.version], [migration.name]],
@@ -562,7 +680,7 @@ def migrate(client: Any, database: str, *, sample_ttl_days: int | None = None) -
 
 def ddl(database: str, *, sample_ttl_days: int | None = None) -> list[str]:
     """Every migration's statements for `database`, in order (what `runstream migrate --print` shows)."""
-    statements = [statement.format(db=database).strip() for migration in MIGRATIONS
+    statements = [_in_database(statement, database).strip() for migration in MIGRATIONS
                   for statement in migration.statements]
     if sample_ttl_days:
         statements += [f"ALTER TABLE {database}.{table.name} MODIFY {ttl_clause(sample_ttl_days)}"

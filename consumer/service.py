@@ -6,7 +6,9 @@ dead letter was acknowledged: a crash anywhere re-delivers, never loses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,17 +16,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runstream.consumer.batch import Batch, InvalidEvent
-from runstream.consumer.clickhouse_sink import ClickHouseSink
+from runstream.consumer.batch import TABLE_COLUMNS, Batch, InvalidEvent
+from runstream.consumer.clickhouse_sink import ClickHouseSink, blames_the_rows
 from runstream.consumer.dead_letters import DeadLetters
 from runstream.consumer.kafka_source import KafkaSource
 from runstream.consumer.metrics import ConsumerMetrics
-from runstream.consumer.retry import RetryPolicy, ShutdownRequested, retry
+from runstream.consumer.retry import RetryPolicy, ShutdownRequested, is_retryable, retry, retry_reason
 from runstream.consumer.topics_admin import ensure_topics
+from runstream.producer.kafka_settings import Options
 from runstream.schemas import DEFAULT_TOPIC_PREFIX, DecodeError, Decoder, bundled_catalogue
-from runstream.schemas.spool import read_spool_file, spool_files
 
 log = logging.getLogger(__name__)
+
+#: The dead-letter reason of an event that passed the checks but that ClickHouse (or its client)
+#: refused in the insert; the error code goes in the `runstream.error_code` header.
+REJECTED_BY_CLICKHOUSE = "rejected_by_clickhouse"
+
+
+def _message_key(message: Any) -> tuple[str, int, int]:
+    return (message.topic(), message.partition(), message.offset())
+
+#: The consumer's write retries: no attempt limit and no deadline, because a storage outage (a full
+#: disk, a read-only volume, ClickHouse restarting) may last longer than any give-up, and exiting
+#: would only move the same wait to a restarted process. The back-off stays short so that writes
+#: resume within seconds of the fault clearing.
+CONSUMER_RETRY = RetryPolicy(attempts=None, deadline_s=None, initial_backoff_s=0.5, max_backoff_s=5.0)
+
+#: After a stop request, how long the batch in hand may still be retried before the consumer leaves
+#: it uncommitted (Kafka redelivers it): well inside Kubernetes' default 30 s grace period.
+FINAL_WRITE_GRACE_S = 10.0
+
+#: Fault injection for the crash tests (as Kafka's system tests do): when set to a path, the service
+#: writes that file after its first successful insert and then waits, without committing, until the
+#: process is killed. Read once per process; never set it in production.
+FAULT_AFTER_INSERT_ENV = "RUNSTREAM_FAULT_AFTER_INSERT"
 
 
 @dataclass(frozen=True)
@@ -38,8 +63,15 @@ class ConsumerSettings:
     batch_max_wait_s: float = 1.0
     poll_timeout_s: float = 0.25
     partitions: int = 6
-    #: librdkafka options passed through as given (security.protocol, sasl.*, ssl.*, ...).
-    kafka_options: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold SASL secrets
+    #: `group.instance.id` (static membership): a restarted consumer with the same id takes its
+    #: partitions back at once; None or "" = dynamic membership. Must be unique within the group.
+    instance_id: str | None = None
+    #: librdkafka options passed through (security.protocol, sasl.*, ssl.*, ...); secrets are `Secret`s.
+    kafka_options: Options = field(default=(), repr=False)
+    #: Topics this consumer creates: None = the broker's default factor; min.insync.replicas None = 2 when
+    #: the effective factor is >= 3.
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_max_points", "batch_max_messages"):
@@ -75,20 +107,22 @@ class ConsumerService:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or ConsumerMetrics()
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy or CONSUMER_RETRY
         self.sink = sink or ClickHouseSink(settings.clickhouse)
         kafka_options = dict(settings.kafka_options)
         if source is None:
             ensure_topics(settings.kafka, settings.topic_prefix, partitions=settings.partitions,
-                          extra_config=kafka_options)
+                          replication_factor=settings.replication_factor,
+                          min_insync_replicas=settings.min_insync_replicas, extra_config=kafka_options)
         self.source = source or KafkaSource(settings.kafka, settings.topic_prefix, settings.group_id,
-                                            extra_config=kafka_options)
+                                            extra_config=kafka_options, instance_id=settings.instance_id)
         self.dead_letters = dead_letters or DeadLetters(settings.kafka, settings.topic_prefix, kafka_options)
         self.decoder = Decoder(bundled_catalogue())
         self.stats = ConsumeStats()
         self._stop = threading.Event()
         self.last_loop_at = time.monotonic()
         self.writing_blocked = False
+        self._fault_after_insert = os.environ.get(FAULT_AFTER_INSERT_ENV) or None
 
     # -- health --------------------------------------------------------------------------
 
@@ -162,27 +196,128 @@ class ConsumerService:
             )
             batch.add(event_type, record)
         except (DecodeError, InvalidEvent) as error:
-            self.dead_letters.send(message, error.reason, str(error))
-            self.metrics.dead_letters.labels(error.reason).inc()
-            self.stats.dead_letters += 1
+            batch.rejected.add(_message_key(message))
+            self._dead_letter(message, error.reason, str(error))
+
+    def _dead_letter(self, message: Any, reason: str, error: str, *, code: int | None = None) -> None:
+        self.dead_letters.send(message, reason, error, code=code)
+        self.metrics.dead_letters.labels(reason).inc()
+        self.stats.dead_letters += 1
+
+    # -- isolating what ClickHouse rejects ----------------------------------------------------
+
+    def _write_isolating(self, batch: Batch, held: list[Any]) -> None:
+        """Write the batch; when ClickHouse rejects it for its rows, split it until the rejected
+        events are found, dead-letter those and write the rest.
+
+        The column checks in `Batch.add` catch what the column types forbid; this catches what only
+        the server knows (a constraint, a limit). Retryable errors, and errors that blame the table
+        or the account rather than the rows, propagate unchanged: the retry around this call backs
+        off and calls it again, and then messages isolated by an earlier attempt stay out (they are
+        in `batch.rejected`) and are not dead-lettered twice. Splitting bisects the held messages,
+        re-decoding each half into a batch of its own, and writes each half only from the table
+        whose insert failed on (the tables before it were written whole), so a rejected event costs
+        O(log n) extra inserts. An event whose insert failed on its second table keeps its rows of
+        the first (ClickHouse has no multi-table transaction); its bytes are in the dead letter.
+        """
+        if batch.isolating:  # a retry after an isolation began: the whole batch is known to fail
+            self._write_split(batch, self._rebatch(batch, held), held, 0)
+        else:
+            self._write_split(batch, batch, held, 0)
+
+    def _write_split(self, whole: Batch, part: Batch, messages: list[Any], first_table: int) -> None:
+        tables = tuple(TABLE_COLUMNS)[first_table:]
+        try:
+            if part is whole and first_table == 0:
+                self.sink.write(part)  # the plain call: any Sink, and the common case
+            else:
+                self.sink.write(part, tables)
+        except Exception as error:
+            if is_retryable(error) or not blames_the_rows(error):
+                raise
+            completed = getattr(self.sink, "completed", ())
+            failed_at = first_table + len([table for table in completed if table in tables])
+            whole.isolating = True
+            self._split(whole, messages, failed_at, error)
+
+    def _split(self, whole: Batch, messages: list[Any], failed_at: int, error: BaseException) -> None:
+        live = [message for message in messages if _message_key(message) not in whole.rejected]
+        if len(live) <= 1:
+            if not live:  # nothing left to blame: not a row problem after all
+                raise error
+            self._reject_after_insert(whole, live[0], tuple(TABLE_COLUMNS)[failed_at], error)
+            return
+        middle = len(live) // 2
+        for half in (live[:middle], live[middle:]):
+            self._write_split(whole, self._rebatch(whole, half), half, failed_at)
+
+    def _rebatch(self, whole: Batch, messages: list[Any]) -> Batch:
+        """The events of `messages` decoded again into a batch of their own (minus those rejected)."""
+        part = Batch()
+        for message in messages:
+            if _message_key(message) in whole.rejected:
+                continue
+            try:
+                part.add(*self.decoder.decode(message.value(), partition=message.partition(),
+                                              offset=message.offset()))
+            except (DecodeError, InvalidEvent) as error:  # passed before; a clock step could change that
+                whole.rejected.add(_message_key(message))
+                self._dead_letter(message, error.reason, str(error))
+        return part
+
+    def _reject_after_insert(self, whole: Batch, message: Any, table: str, error: BaseException) -> None:
+        own = self._rebatch(whole, [message])
+        whole.rejected.add(_message_key(message))
+        whole.discount(own)
+        code = getattr(error, "code", None)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        what = f"ClickHouse error {code}" if code is not None else type(error).__name__
+        detail = " ".join(str(error).split())[:500]
+        self._dead_letter(message, REJECTED_BY_CLICKHOUSE, f"insert into {table} rejected ({what}): {detail}",
+                          code=code)
 
     def _write_and_commit(self, batch: Batch, held: list[Any], *, final: bool = False) -> None:
         started = time.monotonic()
-        # On the final write after a stop request, retries must not wait on the (set) stop event.
+        # On the final write after a stop request, retries must not wait on the (set) stop event,
+        # but they are bounded: a stop during an outage leaves the batch uncommitted for redelivery.
         stop = threading.Event() if final else self._stop
+        policy = self.retry_policy
+        if final:
+            grace = FINAL_WRITE_GRACE_S if policy.deadline_s is None else min(policy.deadline_s, FINAL_WRITE_GRACE_S)
+            policy = dataclasses.replace(policy, deadline_s=grace)
 
-        def on_failure(_error: BaseException) -> None:
-            self.writing_blocked = True
+        def on_failure(error: BaseException) -> None:
+            if not self.writing_blocked:
+                self.writing_blocked = True
+                self.metrics.write_blocked.set(1)
             self.metrics.write_retries.inc()
+            self.metrics.write_retry_reasons.labels(retry_reason(error)).inc()
 
         def on_wait(seconds: float) -> None:
             self.last_loop_at = time.monotonic()
-            self.source.keepalive(seconds)
+            handed_back = self.source.keepalive(seconds)
+            if handed_back:
+                self.metrics.sought_back.inc(handed_back)
 
-        retry(lambda: self.sink.write(batch), policy=self.retry_policy, stop=stop, what="ClickHouse insert",
-              on_wait=on_wait, on_failure=on_failure)
-        self.writing_blocked = False
+        try:
+            retry(lambda: self._write_isolating(batch, held), policy=policy, stop=stop, what="ClickHouse insert",
+                  on_wait=on_wait, on_failure=on_failure)
+        except Exception as error:
+            if final and is_retryable(error):
+                raise ShutdownRequested(
+                    f"ClickHouse insert: still failing {FINAL_WRITE_GRACE_S:.0f}s after the stop request "
+                    f"({retry_reason(error)})"
+                ) from error
+            raise
+        finally:
+            if self.writing_blocked:
+                self.writing_blocked = False
+                self.metrics.write_blocked.set(0)
+                self.metrics.write_blocked_seconds.inc(time.monotonic() - started)
+        self.source.resume()
         inserted = time.monotonic()
+        if self._fault_after_insert:
+            self._crash_window(self._fault_after_insert)
         self.dead_letters.flush()
         committed = self.source.commit(held)
         self.metrics.insert_seconds.observe(inserted - started)
@@ -206,35 +341,9 @@ class ConsumerService:
         )
 
 
-@dataclass
-class IngestReport:
-    files: int = 0
-    events: int = 0
-    points: int = 0
-    rejected: list[str] = field(default_factory=list)
-
-
-def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 500_000) -> IngestReport:
-    """Load every sealed spool file under `folder`. Loading the same files twice stores nothing twice."""
-    report = IngestReport()
-    batch = Batch()
-    for path in spool_files(folder):
-        report.files += 1
-        for event_type, record in read_spool_file(path):
-            try:
-                batch.add(event_type, record)
-            except InvalidEvent as error:
-                report.rejected.append(f"{path}: {error}")
-                log.error("rejected an event in %s: %s", path, error)
-            if batch.points >= batch_max_points:
-                _write(sink, batch, report)
-                batch = Batch()
-    _write(sink, batch, report)
-    return report
-
-
-def _write(sink: ClickHouseSink, batch: Batch, report: IngestReport) -> None:
-    if batch.events:
-        sink.write(batch)
-        report.events += batch.events
-        report.points += batch.points
+    def _crash_window(self, path: str) -> None:
+        """The fault-injection hook (see FAULT_AFTER_INSERT_ENV): written, not committed, waiting to be killed."""
+        Path(path).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        log.warning("fault injection: inserted, not committed; waiting to be killed")
+        while True:
+            threading.Event().wait(3600)

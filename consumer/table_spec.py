@@ -56,7 +56,7 @@ class MaterializedView:
 class View:
     """A plain view over {tables} (a cluster renders it over the Distributed tables).
 
-    {lower_is_better} is the SQL twin of `runstream.comparison.lower_is_better(metric)`.
+    {lower_is_better} is the SQL twin of `runstream.monitoring.metric_direction.lower_is_better(metric)`.
     """
 
     name: str

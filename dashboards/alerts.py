@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from runstream.dashboards.drift import PSI_ALERT_THRESHOLD
+from runstream.monitoring.drift import PSI_ALERT_THRESHOLD
 
 DRIFT_FOR = "15m"
 DRIFT_MIN_SAMPLES = 100

@@ -21,7 +21,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError("building dashboards needs grafanalib: pip install 'runstream[dashboards]'") from error
 
-from runstream.dashboards import cost, drift
+from runstream.monitoring import cost, drift
 
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 PROMETHEUS = {"type": "prometheus", "uid": "${prometheus}"}

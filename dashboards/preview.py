@@ -73,8 +73,8 @@ def load_demo(client: Any, db: str, dsn: str, spool: Path) -> None:
     import runstream
     from runstream.consumer import ClickHouseSink, ingest_spool
     from runstream.consumer.migrations import migrate
-    from runstream.dashboards import cost
     from runstream.demo import fleet, simulate_run
+    from runstream.monitoring import cost
     from runstream.producer.run import Run
     from runstream.producer.settings import ProducerSettings
 

@@ -1,4 +1,8 @@
-"""Hyperparameters: nested dicts flattened to dotted keys, values kept with their type."""
+"""Hyperparameters: nested dicts flattened to dotted keys, values kept with their type.
+
+Every key and value is checked against what the Avro `Param` record carries (a UTF-8 string key;
+null, boolean, long, double or UTF-8 string value) when it is logged, naming the key.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,42 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from runstream.producer.encodable import check_text, shown
+
 ParamValue = bool | int | float | str | None
 
 MAX_KEY_LENGTH = 250
 
 
 def _typed(key: str, value: Any) -> ParamValue:
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        check_text(f"param {key!r}", value)
         return value
     if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            return str(value)
+        if not -(2**63) <= value < 2**63:  # beyond an Avro long: kept exactly, as text
+            try:
+                return str(value)
+            except ValueError:  # more digits than Python prints (sys.get_int_max_str_digits)
+                raise ValueError(f"param {key!r}: {shown(value)} is too large to record") from None
         return value
     if isinstance(value, float):
         return value
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=repr) if isinstance(value, set | frozenset) else list(value)
-        return json.dumps(items, default=str, sort_keys=True)
+        try:
+            return json.dumps(items, default=str, sort_keys=True)  # ASCII: lone surrogates come out escaped
+        except ValueError as error:  # e.g. an int too long to print
+            raise ValueError(f"param {key!r}: {shown(value)} cannot be written as JSON ({error})") from None
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _typed(key, value.item())
-    return str(value)
+        try:
+            return _typed(key, value.item())
+        except (ValueError, RuntimeError):  # an array of several elements: kept as its text
+            pass
+    text = str(value)
+    check_text(f"param {key!r}", text)
+    return text
 
 
 def flatten_params(params: Mapping[str, Any] | None, prefix: str = "") -> dict[str, ParamValue]:
@@ -55,6 +75,7 @@ def check_key(kind: str, key: str) -> None:
         raise ValueError(f"{kind} key {key[:40]!r}...: longer than {MAX_KEY_LENGTH} characters ({len(key)})")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
         raise ValueError(f"{kind} key {key!r}: contains control characters")
+    check_text(f"{kind} key", key)
 
 
 def param_records(flat: Mapping[str, ParamValue]) -> list[dict[str, Any]]:

@@ -13,9 +13,19 @@ from types import TracebackType
 from typing import Any
 
 from runstream.producer import lifecycle, metadata
+from runstream.producer.encodable import (
+    FLOAT_INT_LIMIT,
+    LONG_MAX,
+    check_event,
+    check_step,
+    check_text,
+    scrub,
+    shown,
+)
 from runstream.producer.gpu import GPU_FIELDS, NvmlGpus
 from runstream.producer.host import HostReader
 from runstream.producer.ids import event_id, resolve_run_id, run_name
+from runstream.producer.kafka_settings import KafkaSettings
 from runstream.producer.params import check_key, flatten_params, param_records
 from runstream.producer.settings import ProducerSettings
 from runstream.producer.sinks import EventSink, KafkaSink, SpoolSink
@@ -40,9 +50,9 @@ def _worker_for(settings: ProducerSettings) -> EventWorker:
         if worker is None:
             spool = SpoolSink(settings.spool)
             sink: EventSink = spool
-            if settings.kafka:
-                sink = KafkaSink(settings.kafka, settings.topic_prefix, spool,
-                                 delivery_timeout_s=settings.delivery_timeout_s)
+            kafka = settings.kafka_settings
+            if kafka is not None:
+                sink = KafkaSink(kafka, settings.topic_prefix, spool, delivery_timeout_s=settings.delivery_timeout_s)
             worker = _workers[settings] = EventWorker(sink, settings)
         return worker
 
@@ -56,9 +66,11 @@ def _as_tags(tags: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
         return {}
     if isinstance(tags, str):
         raise TypeError(f"tags: expected a mapping or a list of strings, got the string {tags!r}")
-    if isinstance(tags, Mapping):
-        return {str(k): str(v) for k, v in tags.items()}
-    return {str(tag): "" for tag in tags}
+    pairs = [(str(k), str(v)) for k, v in tags.items()] if isinstance(tags, Mapping) else [(str(t), "") for t in tags]
+    for key, value in pairs:
+        check_text("tag key", key)
+        check_text(f"tag {key!r}", value)
+    return dict(pairs)
 
 
 class Run:
@@ -84,6 +96,11 @@ class Run:
         """
         if not isinstance(project, str) or not project.strip():
             raise ValueError(f"project: expected a non-empty string, got {project!r}")
+        check_text("project", project)
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"name: expected a string, got {type(name).__name__} {name!r}")
+            check_text("name", name)
         self.settings = settings or ProducerSettings.resolve()
         self.distributed = metadata.distributed()
         rank = self.distributed["rank"]
@@ -97,9 +114,10 @@ class Run:
         self.params = flat
         self.tags = _as_tags(tags)
         self.finished = False
+        self._finishing = False
         self._step = 0
         self._known_keys: set[str] = set()
-        lifecycle.install(_finish_all, _forget_in_child)
+        lifecycle.install(_finish_all, _forget_in_child, _shutdown_timeout_s)
         self._worker = _worker_for(self.settings)
         self._sampler: SystemSampler | None = None
         if self.settings.sample_interval_s > 0:
@@ -107,8 +125,8 @@ class Run:
                 self._emit_system_sample, self.settings.sample_interval_s, gpus or NvmlGpus(), _host_reader()
             )
         inventory = self._sampler.gpus.inventory() if self._sampler else (gpus.inventory() if gpus else None)
-        if self.is_lead:
-            self._worker.put(("event", "run_started", self.run_id, self._started_record(inventory)))
+        if self.is_lead:  # a run's start, like its end, gets through a full queue
+            self._worker.put(("event", "run_started", self.run_id, self._started_record(inventory)), bounded=False)
         _active_runs.append(self)
         if self._sampler is not None:
             self._sampler.start()
@@ -118,23 +136,25 @@ class Run:
             self.log_gpu_samples(samples, host_metrics=host)
 
     def _started_record(self, gpu_inventory: dict[str, Any] | None) -> dict[str, Any]:
+        # What the SDK reads from the machine (argv with undecodable bytes, odd hostnames) is
+        # repaired, not refused: the training job did nothing wrong.
         return {
             "event_id": event_id(),
             "run_id": self.run_id,
             "timestamp_us": _now_us(),
             "project": self.project,
             "run_name": self.name,
-            "user": metadata.current_user(),
-            "host": metadata.host_name(),
+            "user": scrub(metadata.current_user()),
+            "host": scrub(metadata.host_name()),
             "params": param_records(self.params),
             "tags": self.tags,
-            "git": metadata.git_info(),
+            "git": scrub(metadata.git_info()),
             "data_versions": [],
-            "hardware": {**metadata.hardware(), **(gpu_inventory or {})},
-            "framework_versions": metadata.framework_versions(),
-            "command_line": metadata.command_line(),
+            "hardware": scrub({**metadata.hardware(), **(gpu_inventory or {})}),
+            "framework_versions": scrub(metadata.framework_versions()),
+            "command_line": scrub(metadata.command_line()),
             **self.distributed,
-            "scheduler": metadata.scheduler_ids(),
+            "scheduler": scrub(metadata.scheduler_ids()),
             "resumed": self.resumed,
         }
 
@@ -156,9 +176,12 @@ class Run:
             raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
         if not isinstance(name, str) or not name:
             raise ValueError(f"data version name: expected a non-empty string, got {name!r}")
+        check_text("data version name", name)
         for field_name, value in (("version", version), ("uri", uri), ("digest", digest)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"data version {name!r}: {field_name} must be a string, got {type(value).__name__}")
+            if value is not None:
+                check_text(f"data version {name!r} {field_name}", value)
         if self.is_lead:
             self._put_update(data_versions=[{"name": name, "version": version, "uri": uri, "digest": digest}])
 
@@ -180,12 +203,13 @@ class Run:
         with `counts` and `cut_points` or `categories`). `predictions` on the same data and
         `baseline_metrics` (e.g. validation accuracy) are the baselines of prediction and performance drift.
         """
-        from runstream.producer.monitor import reference_record
+        from runstream.producer.drift_sampler import reference_record
 
         if self.finished:
             raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
         record = reference_record(self.run_id, model, version, features, predictions=predictions,
                                   baseline_metrics=baseline_metrics, bins=bins, kinds=kinds)
+        check_event("drift_reference", record)
         if self.is_lead:
             self._worker.put(("event", "drift_reference", self.run_id, record))
 
@@ -216,8 +240,8 @@ class Run:
             if isinstance(step, bool) or not hasattr(step, "__index__"):
                 raise TypeError(f"step: expected an integer, got {type(step).__name__} {step!r}")
             step = int(step)
-        if step < 0:
-            raise ValueError(f"step: expected a non-negative integer, got {step}")
+        if not 0 <= step <= LONG_MAX:
+            check_step(step)
         values: dict[str, float] = {}
         known = self._known_keys
         for key, value in metrics.items():
@@ -226,12 +250,11 @@ class Run:
                     raise TypeError(f"metric key {key!r}: expected a string, got {type(key).__name__}")
                 check_key("metric", key)
                 known.add(key)
-            kind = type(value)
-            if kind is not float and kind is not int:
+            if type(value) is not float:  # ints too: 10**400 must fail here, not in the worker
                 value = _coerce_number(key, value)
             values[key] = value
         self._step = step + 1
-        self._worker.put(("points", self.run_id, step, _now_us(), values))
+        self._worker.put_points(self.run_id, step, _now_us(), values)
 
     def log_gpu_samples(
         self,
@@ -259,10 +282,11 @@ class Run:
             "event_id": event_id(),
             "run_id": self.run_id,
             "timestamp_us": _now_us(),
-            "host": host or metadata.host_name(),
+            "host": host or scrub(metadata.host_name()),
             "samples": rows,
             **{name: (host_metrics or {}).get(name) for name in _HOST_FIELDS},
         }
+        check_event("gpu_samples", record)
         self._worker.put(("event", "gpu_samples", self.run_id, record))
 
     def flush(self, timeout: float | None = None) -> int:
@@ -275,23 +299,33 @@ class Run:
             return
         if status not in RUN_STATUSES:
             raise ValueError(f"status: expected one of {', '.join(RUN_STATUSES)}, got {status!r}")
-        if self._sampler is not None:
-            self._sampler.shutdown()
-        self._worker.flush(0)  # drain so the summary sees every point logged
+        if exit_code is not None and (type(exit_code) is not int or not -(2**31) <= exit_code < 2**31):
+            raise ValueError(f"exit_code: expected an integer within Avro int range or None, got {shown(exit_code)}")
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"error: expected a string or None, got {type(error).__name__}")
+        # A SIGTERM handler may call finish() while an earlier finish() is stopping the sampler
+        # (holding its locks): the nested call leaves the sampler alone and just queues the end.
+        nested, self._finishing = self._finishing, True
+        if self._sampler is not None and not nested:
+            self._sampler.shutdown()  # takes a final sample, so short runs have one
         record = {
             "event_id": event_id(),
             "run_id": self.run_id,
             "timestamp_us": _now_us(),
             "status": status,
             "exit_code": exit_code,
-            "error": error,
-            "summary": self._worker.last_values(self.run_id),
+            "error": scrub(error),  # exception text may carry anything: repaired, never refused
+            "summary": None,  # filled by the worker: the last value of each metric logged before
         }
+        # Marked finished and queued before the flush waits, so that a SIGTERM landing there finds
+        # the run's end already queued and does not start over. Not bounded by the queue's byte
+        # limit: the end of a run must get through a full queue, and a SIGTERM handler finishing
+        # runs must never wait for room.
         self.finished = True
         if self.is_lead:
-            self._worker.put(("event", "run_finished", self.run_id, record))
+            self._worker.put(("event", "run_finished", self.run_id, record), bounded=False)
         else:
-            self._worker.put(("close", self.run_id))
+            self._worker.put(("close", self.run_id), bounded=False)
         undelivered = self._worker.flush()
         if undelivered:
             log.error("runstream: run %s finished with %d events undelivered", self.run_id, undelivered)
@@ -327,13 +361,26 @@ def _host_reader() -> HostReader | None:
 
 
 def _coerce_number(key: str, value: Any) -> float:
+    """Anything but a plain float: ints (within double range), bools, numpy/torch scalars and
+    one-element arrays; refused naming the key otherwise, so the worker never meets it."""
     if isinstance(value, bool):
         return float(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars
-        value = value.item()
-    if isinstance(value, int | float):
+    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars, one-element arrays
+        try:
+            value = value.item()
+        except Exception:  # numpy: ValueError, torch: RuntimeError, both without the key
+            shape = getattr(value, "shape", None)
+            raise ValueError(
+                f"metric {key!r}: expected a single number, got {type(value).__name__}"
+                + (f" of shape {tuple(shape)}" if shape is not None else "")
+            ) from None
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        if abs(value) > FLOAT_INT_LIMIT:
+            raise ValueError(f"metric {key!r}: {shown(value)} is beyond the range of a double")
         return float(value)
-    raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__} {value!r}")
+    raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__} {shown(value)}")
 
 
 def init(
@@ -343,7 +390,8 @@ def init(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | Sequence[str] | None = None,
     config: Mapping[str, Any] | None = None,
-    kafka: str | None = None,
+    kafka: str | KafkaSettings | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
     spool: str | None = None,
     topic_prefix: str | None = None,
     sample_interval: float | None = None,
@@ -355,11 +403,20 @@ def init(
     spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool). GPUs and the host are
     sampled every `sample_interval` seconds (`RUNSTREAM_SAMPLE_INTERVAL`, default 5; 0 turns it off).
     `resume=RUN_ID` continues an earlier run: same id, its start recorded again as resumed.
+    A secured Kafka takes librdkafka options: `kafka_options={"security.protocol": "SASL_SSL", ...}`,
+    `RUNSTREAM_KAFKA_*` variables (`RUNSTREAM_KAFKA_SASL_PASSWORD` is `sasl.password`) or the `[kafka]`
+    table of the `RUNSTREAM_CONFIG` file; `kafka` may also be a `KafkaSettings`.
     """
     settings = ProducerSettings.resolve(
-        kafka=kafka, spool=spool, topic_prefix=topic_prefix, sample_interval_s=sample_interval
+        kafka=kafka, kafka_options=kafka_options, spool=spool, topic_prefix=topic_prefix,
+        sample_interval_s=sample_interval,
     )
     return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings, resume=resume)
+
+
+def _shutdown_timeout_s() -> float:
+    """How long a SIGTERM may take: the longest `shutdown_timeout_s` of this process's workers."""
+    return max((settings.shutdown_timeout_s for settings in list(_workers)), default=10.0)
 
 
 def _finish_all(status: str, error: str | None) -> None:
@@ -381,10 +438,14 @@ def _forget_in_child() -> None:
 
 
 def producer_stats() -> dict[str, int]:
-    """Events sent and queue items dropped by this process's workers, for the demo and tests."""
+    """Events sent, queue items dropped (full queue, forked child) and events rejected (could not be
+    encoded or sent; kept in `<spool>/rejected/`) by this process's workers."""
+    workers = list(_workers.values())
     return {
-        "sent_events": sum(w.sent_events for w in _workers.values()),
-        "dropped_items": sum(w.dropped_items for w in _workers.values()),
+        "sent_events": sum(w.sent_events for w in workers),
+        "dropped_items": sum(w.dropped_items for w in workers),
+        "rejected_events": sum(w.rejected_events for w in workers),
+        "queued_bytes": sum(w.queued_bytes for w in workers),
     }
 
 

@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import fastavro
 
+from runstream.producer.kafka_settings import ErrorWatch, KafkaSettings
 from runstream.producer.sync import replay_files
 from runstream.schemas import Decoder, Encoder, bundled_catalogue, topic_for
-from runstream.schemas.spool import OPEN_SUFFIX, SPOOL_SUFFIX
+from runstream.schemas.spool import (
+    OPEN_SUFFIX,
+    SPOOL_SUFFIX,
+    TOPIC_PREFIX_KEY,
+    WRITER_KEY,
+    contract_order,
+    recover_open_files,
+    sealed_name,
+    still_named,
+    try_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +42,8 @@ log = logging.getLogger(__name__)
 QUEUE_FULL_WAIT_S = 1.0
 #: How long a replay waits for the broker to acknowledge the replayed events.
 REPLAY_TIMEOUT_S = 30.0
+#: How often, at most, a connected producer looks for spool files that a dead process left open.
+DEAD_WRITER_SCAN_S = 60.0
 
 
 class EventSink(Protocol):
@@ -49,7 +64,16 @@ class SpoolSink:
     """Appends events to `<spool>/<run_id>/<event_type>.<segment>.avro.open`, renamed to `.avro` when sealed.
 
     Each flush writes the buffered records as a container-file block and fsyncs, so a crash
-    loses at most what arrived since the last flush.
+    loses at most what arrived since the last flush. Each open file is created exclusively and
+    locked (`flock`, see `schemas/spool.py`) for as long as it is open: whoever gets the lock
+    later knows this process is gone and may recover the file.
+
+    Fork: `flock` locks belong to the open file description, which a forked child shares. So that
+    a child that outlives its parent cannot keep the parent's files looking alive, the child points
+    its inherited descriptors at /dev/null right after fork (without unlocking, which would unlock
+    the parent's files too, and without flushing, which would write the parent's buffered bytes a
+    second time). A child that execs drops them anyway (Python opens files close-on-exec). Only a
+    fork done in C without Python's fork hooks, that then neither execs nor exits, would keep them.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -57,6 +81,32 @@ class SpoolSink:
         self._catalogue = bundled_catalogue()
         self._writers: dict[tuple[str, str], tuple[IO[bytes], Any, Path]] = {}
         self.written = 0
+        #: Set by a Kafka sink using this one as its outage spool: the topics its events were meant for.
+        self.topic_prefix: str | None = None
+        self._pid = os.getpid()
+        _live_spool_sinks.add(self)
+
+    def _open_segment(self, run_folder: Path, event_type: str) -> tuple[IO[bytes], Path]:
+        """A new segment file, created exclusively and locked before anyone can mistake it for a dead one."""
+        segment = 0
+        while True:
+            path = run_folder / f"{event_type}.{segment:04d}{OPEN_SUFFIX}"
+            segment += 1
+            if (path.with_name(path.name[: -len(OPEN_SUFFIX)] + SPOOL_SUFFIX)).exists():
+                continue
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # a replay removed the emptied run folder just now
+                run_folder.mkdir(parents=True, exist_ok=True)
+                segment -= 1
+                continue
+            # A recoverer may have locked the empty file in the instant before us and removed it:
+            # then the lock fails, or the name no longer points at our file. Try the next segment.
+            if try_lock(fd) and still_named(fd, path):
+                return open(fd, "wb"), path  # kept open across flushes, closed when sealed  # noqa: SIM115
+            os.close(fd)
 
     def _writer(self, event_type: str, run_id: str) -> Any:
         key = (run_id, event_type)
@@ -64,14 +114,12 @@ class SpoolSink:
         if entry is None:
             run_folder = self.folder / run_id
             run_folder.mkdir(parents=True, exist_ok=True)
-            segment = 0
-            while any((run_folder / f"{event_type}.{segment:04d}{suffix}").exists()
-                      for suffix in (SPOOL_SUFFIX, OPEN_SUFFIX)):
-                segment += 1
-            path = run_folder / f"{event_type}.{segment:04d}{OPEN_SUFFIX}"
-            handle = open(path, "wb")  # kept open across flushes, closed when sealed  # noqa: SIM115
+            handle, path = self._open_segment(run_folder, event_type)
             schema = self._catalogue.latest(event_type)
-            writer = fastavro.write.Writer(handle, schema.parsed, codec="null")
+            metadata = {WRITER_KEY: f"{socket.gethostname()}:{os.getpid()}"}
+            if self.topic_prefix is not None:
+                metadata[TOPIC_PREFIX_KEY] = self.topic_prefix
+            writer = fastavro.write.Writer(handle, schema.parsed, codec="null", metadata=metadata)
             entry = (handle, writer, path)
             self._writers[key] = entry
         return entry[1]
@@ -99,9 +147,9 @@ class SpoolSink:
             writer.flush()
             handle.flush()
             os.fsync(handle.fileno())
+            final = sealed_name(path)
+            path.rename(final)  # still locked: a recoverer waiting on the lock then finds the name gone
             handle.close()
-            final = path.with_name(path.name[: -len(OPEN_SUFFIX)] + SPOOL_SUFFIX)
-            path.rename(final)
             sealed.append(final)
         return sealed
 
@@ -114,46 +162,82 @@ class SpoolSink:
     def close(self, timeout: float) -> None:
         self.seal_all()
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's files without unlocking or writing them."""
+        if self._pid == os.getpid():
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for handle, _writer, _path in self._writers.values():
+                os.dup2(devnull, handle.fileno(), inheritable=False)
+                # Keep the object: collecting it would flush (into /dev/null now) and may block on a
+                # buffer lock held, at fork time, by a thread that does not exist in the child.
+                _inherited_handles.append(handle)
+        finally:
+            os.close(devnull)
+        self._writers.clear()
+        self._pid = os.getpid()
+
+
+#: Every SpoolSink of this process, so that a forked child can let go of their files.
+_live_spool_sinks: weakref.WeakSet[SpoolSink] = weakref.WeakSet()
+#: The parent's file objects in a forked child, kept (pointing at /dev/null) and never closed.
+_inherited_handles: list[IO[bytes]] = []
+
+
+def _forget_spool_files_in_child() -> None:
+    for sink in list(_live_spool_sinks):
+        sink._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_spool_files_in_child)
+
 
 class KafkaSink:
     """Idempotent, compressed, acks=all delivery to one topic per event type, spooling what fails."""
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: str | KafkaSettings,
         topic_prefix: str,
         fallback: SpoolSink,
         *,
         delivery_timeout_s: float = 30.0,
         extra_config: dict[str, Any] | None = None,
     ) -> None:
+        """`kafka`: the shared client settings (or bootstrap servers plus `extra_config` librdkafka options);
+        acks=all and idempotence come from `KafkaSettings.producer_config` and cannot be overridden."""
         from confluent_kafka import Producer
 
-        self.config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
+        self.kafka = KafkaSettings.of(kafka, extra_config)
+        self.errors = ErrorWatch(self.kafka, "producer")
+        config = self.kafka.producer_config({
             "compression.type": "zstd",
             "linger.ms": 50,
             "batch.size": 1_000_000,
             "message.max.bytes": 8_000_000,
             "message.timeout.ms": int(delivery_timeout_s * 1000),
             "client.id": "runstream-producer",
-        }
-        self.config.update(extra_config or {})
-        self._producer = Producer(self.config)
+        })
+        config["error_cb"] = self.errors
+        self._producer = self.kafka.build(Producer, config, "producer")
         self._catalogue = bundled_catalogue()
         self._encoder = Encoder(self._catalogue)
         self._decoder = Decoder(self._catalogue)
         self._prefix = topic_prefix
         self.fallback = fallback
+        fallback.topic_prefix = topic_prefix  # written into its files: whose dead files we may replay
         self._undelivered: list[bytes] = []
         self._to_replay: list[Path] = []
         self._last_failure = 0.0
         self._last_success = 0.0
+        self._last_scan = float("-inf")
         self.delivered = 0
         self.spooled = 0
         self.replayed = 0
+        self.recovered_files = 0  # files dead writers left open in the spool folder, sealed for replay
+        self.cut_bytes = 0  # torn last blocks cut from them
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is None:
@@ -193,6 +277,20 @@ class KafkaSink:
             event_type, record = self._decoder.decode(value)
             self._spool(event_type, record["run_id"], record)
 
+    def purge_to_spool(self) -> int:
+        """Shutdown with time running out (SIGTERM): take back what librdkafka has not sent yet and
+        spool it, rather than lose it with the process; return the messages still in flight.
+
+        Only messages never sent are purged (`in_flight=False`), so nothing can arrive twice.
+        """
+        self._producer.purge(in_queue=True, in_flight=False, blocking=True)
+        for _ in range(1000):  # serve the purged messages' delivery reports: into _undelivered
+            if not self._producer.poll(0):
+                break
+        self._spool_undelivered()
+        self.fallback.flush(0)
+        return len(self._producer)
+
     def flush(self, timeout: float) -> int:
         remaining = int(self._producer.flush(timeout))
         self._spool_undelivered()
@@ -202,16 +300,49 @@ class KafkaSink:
         return remaining
 
     def _broker_is_back(self) -> bool:
+        """The broker took our last delivery, and there is something to replay or to look for."""
+        if not self._last_success > self._last_failure:
+            return False
         pending = bool(self._to_replay) or self.fallback.has_open_files
-        return pending and self._last_success > self._last_failure
+        return pending or time.monotonic() - self._last_scan >= DEAD_WRITER_SCAN_S
+
+    def _recover_dead_writers(self) -> list[Path]:
+        """Seal the files that dead processes left open in our spool folder, so that they are replayed too.
+
+        Only outage spool files meant for our own topic prefix: an offline run's files, or another
+        deployment's, are left for `runstream ingest` / `sync`, where a person chooses the target.
+        Files of live writers (this process's other sinks included) are locked and left alone;
+        each file is sealed by one recoverer only, and `replay_files` claims each sealed file.
+        """
+        self._last_scan = time.monotonic()
+        if not self.fallback.folder.is_dir():
+            return []
+        ours = self._prefix.encode()
+        try:
+            report = recover_open_files(self.fallback.folder,
+                                        accept=lambda metadata: metadata.get(TOPIC_PREFIX_KEY) == ours)
+        except OSError as error:
+            log.warning("runstream: could not look for dead writers' spool files in %s: %s",
+                        self.fallback.folder, error)
+            return []
+        if report.files:
+            self.recovered_files += report.recovered
+            self.cut_bytes += report.cut_bytes
+            log.warning("runstream: recovered %d spool files left open by dead processes in %s (%d records, "
+                        "%d torn bytes cut); replaying them", report.recovered, self.fallback.folder,
+                        report.records, report.cut_bytes)
+        return report.sealed
 
     def _replay(self) -> None:
         """Send the spooled events again, in their files' order, and remove each file once acknowledged."""
         self._to_replay.extend(self.fallback.seal_all())
+        if time.monotonic() - self._last_scan >= DEAD_WRITER_SCAN_S:
+            self._to_replay.extend(contract_order(self._recover_dead_writers()))
         files, self._to_replay = self._to_replay, []
         report = replay_files(files, self._producer, self._prefix, REPLAY_TIMEOUT_S)
         self.replayed += report.events
         self._to_replay.extend(report.left)
+        self._to_replay.extend(report.busy)  # another process is replaying them: gone next time, or ours
         if report.left:
             log.warning("runstream: %d spool files not replayed yet; will retry", len(report.left))
         else:

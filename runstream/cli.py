@@ -2,6 +2,10 @@
 
 Every option that names a service also reads an environment variable (shown in --help), so the
 same command works in a shell, a container or a Kubernetes pod.
+
+Only light modules are imported here, to build the parser: each command imports what it needs when it
+runs, so `runstream run`, `runstream sync` and every --help work on the bare SDK, and a command whose
+extra is missing says which one to install (runstream.extras).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from runstream import __version__
 from runstream.analysis import cli as analysis_cli
 from runstream.consumer.dsn import default_dsn
 from runstream.dashboards import cli as dashboards_cli
+from runstream.extras import command_error
+from runstream.monitoring import cli as monitoring_cli
 from runstream.output import FORMATS, render
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
@@ -46,6 +52,34 @@ def _add_topic_prefix(parser: argparse.ArgumentParser) -> None:
         help="prefix of the topic names, one topic per event type (default %(default)s) "
         "[env RUNSTREAM_TOPIC_PREFIX]",
     )
+
+
+_KAFKA_OPTION_HELP = (
+    "a librdkafka option, e.g. security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512, ssl.ca.location=FILE "
+    "(repeatable). Each option can also come from a RUNSTREAM_KAFKA_* variable (RUNSTREAM_KAFKA_SASL_USERNAME, "
+    "RUNSTREAM_KAFKA_SASL_PASSWORD, ...: the option's name in capitals, dots as underscores) or the [kafka] table "
+    "of the config file; here wins over the environment, which wins over the file. Keep passwords in the "
+    "environment or the file, not on a command line. Options that would break delivery guarantees "
+    "(acks, enable.idempotence, enable.auto.commit, enable.auto.offset.store, group.id, bootstrap.servers) "
+    "are refused"
+)
+
+
+def _add_kafka_client(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    """The Kafka client options every Kafka-using command shares (see runstream.producer.kafka_settings)."""
+    parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE", help=_KAFKA_OPTION_HELP)
+    if config:
+        parser.add_argument("--config", type=Path, default=_env("RUNSTREAM_CONFIG"), metavar="FILE",
+                            help="TOML file whose [kafka] table holds librdkafka options [env RUNSTREAM_CONFIG]")
+
+
+def _add_topic_durability(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replication-factor", type=int, metavar="N",
+                        help="replication factor of the topics created when missing (default: the brokers' "
+                        "default.replication.factor; production: 3) [env RUNSTREAM_REPLICATION_FACTOR]")
+    parser.add_argument("--min-insync-replicas", type=int, metavar="N",
+                        help="min.insync.replicas of the topics created (default 2 when the replication factor is "
+                        "3 or more, else the brokers' default) [env RUNSTREAM_MIN_INSYNC_REPLICAS]")
 
 
 _RUN_DESCRIPTION = """\
@@ -113,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kafka", default=None, metavar="HOST:PORT",
                      help="send events to these bootstrap servers [env RUNSTREAM_KAFKA]; without it the run "
                      "is offline and spooled")
+    _add_kafka_client(run)
     _add_topic_prefix(run)
     run.add_argument("--spool", type=Path, default=None, metavar="DIR",
                      help="spool folder for offline runs and Kafka outages [env RUNSTREAM_SPOOL] "
@@ -130,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Offsets are committed only after the batch is written; undecodable or invalid messages go to "
         "the dead-letter topic. Stops cleanly on SIGTERM/SIGINT after writing the batch in hand.",
     )
-    consume.add_argument("--config", type=Path, metavar="FILE",
+    consume.add_argument("--config", type=Path, default=_env("RUNSTREAM_CONFIG"), metavar="FILE",
                          help="TOML file with [consumer], [kafka] (librdkafka options) and [clickhouse] "
-                         "(user, password) sections; options given here and RUNSTREAM_* variables win over it")
+                         "(user, password) sections; options given here and RUNSTREAM_* variables win over it "
+                         "[env RUNSTREAM_CONFIG]")
     consume.add_argument("--kafka", metavar="HOST:PORT", help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
     consume.add_argument("--clickhouse", metavar="DSN",
                          help=f"chdb:///abs/path or http(s)://user:password@host:8123/database (default "
@@ -149,20 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write a batch at the latest this long after its first message (default 1.0)")
     consume.add_argument("--partitions", type=int,
                          help="partitions of topics this consumer creates when missing (default 6)")
-    consume.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
-                         help="a librdkafka option passed through, e.g. security.protocol=SASL_SSL (repeatable; "
-                         "also RUNSTREAM_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _SASL_USERNAME, "
-                         "_SASL_PASSWORD, _SSL_CA_LOCATION)")
+    _add_topic_durability(consume)
+    _add_kafka_client(consume, config=False)
     consume.add_argument("--listen", metavar="HOST:PORT",
                          help="serve /metrics, /healthz and /readyz here, e.g. :9108 [env RUNSTREAM_LISTEN]")
     consume.add_argument("--idle-exit", type=float, metavar="SECONDS",
                          help="exit after this long without messages (default: run until signalled)")
+    consume.add_argument("--instance-id", metavar="NAME",
+                         help="group.instance.id for static group membership, unique in the group: a restarted "
+                              "consumer takes its partitions back at once (default: the host name, stable for a "
+                              "StatefulSet pod; '' turns it off) [env RUNSTREAM_INSTANCE_ID]")
 
     ingest = commands.add_parser(
         "ingest",
         help="load spooled runs (Avro container files) into ClickHouse",
-        description="Load every sealed spool file (*.avro) under SPOOL_DIR into ClickHouse. Loading the same "
-        "files again stores nothing twice.",
+        description="Load every sealed spool file (*.avro) under SPOOL_DIR into ClickHouse, after sealing the "
+        "files that killed processes left open (*.avro.open whose writer is gone; a torn last block is cut and "
+        "counted; files of running processes are left alone). Loading the same files again stores nothing twice.",
     )
     ingest.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
     _add_clickhouse(ingest)
@@ -171,12 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         help="upload spooled runs (offline runs, or events spooled during a Kafka outage) to Kafka",
         description="Send every sealed spool file (*.avro) under SPOOL_DIR to Kafka, in order, and remove each "
-        "file once the broker acknowledged all its events. An interrupted sync can simply be run again: "
+        "file once the broker acknowledged all its events. Files that killed processes left open are sealed "
+        "first; files of running processes are left alone. An interrupted sync can simply be run again: "
         "the consumer stores each event once.",
     )
     sync.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
     sync.add_argument("--kafka", default=_env("RUNSTREAM_KAFKA"), metavar="HOST:PORT",
                       help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
+    _add_kafka_client(sync)
     _add_topic_prefix(sync)
     sync.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                       help="how long to wait for the broker to acknowledge each file (default %(default)s)")
@@ -200,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "0 keeps them forever; default: leave the current setting")
     migrate.add_argument("--print", dest="print_only", action="store_true",
                          help="print the DDL instead of applying it")
+    migrate.add_argument("--kafka", default=None, metavar="HOST:PORT",
+                         help="also create the Kafka topics missing at these bootstrap servers, with the "
+                         "replication options below (not read from the environment: migrate touches Kafka only "
+                         "when asked)")
+    migrate.add_argument("--partitions", type=int, default=6, help="with --kafka: partitions per topic (default 6)")
+    _add_topic_durability(migrate)
+    _add_kafka_client(migrate)
+    _add_topic_prefix(migrate)
 
     query = commands.add_parser(
         "query",
@@ -211,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
     _add_clickhouse(query)
     analysis_cli.add_parsers(commands)
+    monitoring_cli.add_parsers(commands)
     dashboards_cli.add_parsers(commands)
     return parser
 
@@ -231,7 +281,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     command = list(args.wrapped)  # not args.command: that names the subcommand
     if command and command[0] == "--":  # argparse keeps the separator in a REMAINDER argument
         command = command[1:]
-    settings = ProducerSettings.resolve(kafka=args.kafka, spool=args.spool, topic_prefix=args.topic_prefix,
+    settings = ProducerSettings.resolve(kafka=args.kafka, kafka_options=_kafka_options(args.kafka_option),
+                                        config_file=args.config, spool=args.spool, topic_prefix=args.topic_prefix,
                                         sample_interval_s=args.sample_interval)
     return run_command(
         command, project=args.project, name=args.name, params=parse_params(args.param),
@@ -249,6 +300,19 @@ def _kafka_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def _int_option(given: int | None, variable: str) -> int | None:
+    """A command-line integer, else its environment variable (named in the error when it is not an integer)."""
+    if given is not None:
+        return given
+    raw = _env(variable)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment {variable}: expected an integer, got {raw!r}") from None
+
+
 def _cmd_consume(args: argparse.Namespace) -> int:
     from runstream.consumer import ConsumerService
     from runstream.consumer.config import load_consumer_config
@@ -258,7 +322,8 @@ def _cmd_consume(args: argparse.Namespace) -> int:
         "kafka": args.kafka, "clickhouse": args.clickhouse, "topic_prefix": args.topic_prefix, "group": args.group,
         "batch_max_points": args.batch_max_points, "batch_max_messages": args.batch_max_messages,
         "batch_max_wait": args.batch_max_wait, "partitions": args.partitions, "listen": args.listen,
-        "idle_exit": args.idle_exit,
+        "idle_exit": args.idle_exit, "instance_id": args.instance_id,
+        "replication_factor": args.replication_factor, "min_insync_replicas": args.min_insync_replicas,
     }
     config = load_consumer_config(given, os.environ, args.config, _kafka_options(args.kafka_option))
     stop = threading.Event()
@@ -290,18 +355,28 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest_spool(args.spool_dir, sink)
     sink.close()
     print(f"ingested {report.files} files: {report.events} events, {report.points} metric points")
+    print(f"recovered {report.recovered} files left open by dead processes ({report.cut_bytes} torn bytes cut, "
+          f"{report.cut_records} records in them); left {report.live} files of running processes alone")
+    for path in report.unreadable:
+        print(f"not a spool file, left as it is: {path}", file=sys.stderr)
     for line in report.rejected:
         print(f"rejected: {line}", file=sys.stderr)
-    return 1 if report.rejected else 0
+    return 1 if report.rejected or report.unreadable else 0
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    from runstream.producer.kafka_settings import KafkaSettings
     from runstream.producer.sync import sync_spool
 
-    if not args.kafka:
+    kafka = KafkaSettings.resolve(args.kafka, _kafka_options(args.kafka_option), config_file=args.config)
+    if kafka is None:
         raise SystemExit("runstream sync: --kafka (or RUNSTREAM_KAFKA) is required")
-    report = sync_spool(args.spool_dir, args.kafka, args.topic_prefix, timeout=args.timeout)
-    print(f"synced {report.files} files ({report.events} events) to {args.kafka}")
+    report = sync_spool(args.spool_dir, kafka, args.topic_prefix, timeout=args.timeout)
+    print(f"synced {report.files} files ({report.events} events) to {kafka.bootstrap_servers}")
+    print(f"recovered {report.recovered} files left open by dead processes ({report.cut_bytes} torn bytes cut); "
+          f"left {report.live} files of running processes alone")
+    for path in report.busy:
+        print(f"being uploaded by another process, skipped: {path}", file=sys.stderr)
     for path in report.left:
         print(f"not acknowledged, kept: {path}", file=sys.stderr)
     return 1 if report.left else 0
@@ -314,6 +389,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     if args.sharding_key and not args.cluster:
         raise ValueError("--sharding-key: only meaningful with --cluster")
+    if args.kafka and not args.print_only:
+        from runstream.consumer.topics_admin import ensure_topics
+        from runstream.producer.kafka_settings import KafkaSettings
+
+        kafka = KafkaSettings.resolve(args.kafka, _kafka_options(args.kafka_option), config_file=args.config)
+        assert kafka is not None  # --kafka was given
+        created = ensure_topics(
+            kafka, args.topic_prefix, partitions=args.partitions,
+            replication_factor=_int_option(args.replication_factor, "RUNSTREAM_REPLICATION_FACTOR"),
+            min_insync_replicas=_int_option(args.min_insync_replicas, "RUNSTREAM_MIN_INSYNC_REPLICAS"),
+        )
+        print(f"created topics: {', '.join(created)}" if created else "Kafka topics: all present")
 
     def cluster_statements(database: str) -> list[str]:
         return cluster_ddl(database, args.cluster, args.sharding_key or DEFAULT_SHARDING_KEY,
@@ -364,6 +451,7 @@ COMMANDS = {
     "migrate": _cmd_migrate,
     "query": _cmd_query,
     **analysis_cli.COMMANDS,
+    **monitoring_cli.COMMANDS,
     **dashboards_cli.COMMANDS,
 }
 
@@ -378,6 +466,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, ConnectionError, RuntimeError, KafkaError) as error:
         print(f"runstream {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        # Commands import what they need when they run (the SDK commands need no extra); a module an
+        # optional extra brings is reported as that extra, in one line. Any other ImportError is a bug.
+        message = command_error(args.command, error)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
 
 

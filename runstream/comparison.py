@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "mse", "mae", "rmse")
+from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
+from runstream.monitoring.metric_direction import lower_is_better
 
 # The runs compared: those of a project, narrowed to given run ids when the list is not empty.
 RUNS_FILTER = (
@@ -39,21 +40,10 @@ WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
 GROUP BY run_id, metric
 """
 
-GPU_HOURS_SQL = """
-SELECT run_id, sum(seconds) / 3600 AS gpu_hours
-FROM (
-    SELECT run_id, host, gpu_index, dateDiff('microsecond', min(time), max(time)) / 1e6 AS seconds
-    FROM {db}.gpu_samples FINAL
-    WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
-    GROUP BY run_id, host, gpu_index
-)
-GROUP BY run_id
-"""
-
-
-def lower_is_better(metric: str) -> bool:
-    name = metric.lower()
-    return any(part in name for part in LOWER_IS_BETTER)
+# GPU-hours by the one definition (runstream.monitoring.gpu_hours: gaps over MAX_GAP_S not held).
+_RUNS_GPU_SECONDS = gpu_seconds_by_run_sql(
+    "{db}.gpu_samples", "run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})")
+GPU_HOURS_SQL = f"SELECT run_id, gpu_seconds / 3600 AS gpu_hours FROM ({_RUNS_GPU_SECONDS})"  # noqa: S608
 
 
 @dataclass

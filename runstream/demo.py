@@ -22,10 +22,10 @@ from pathlib import Path
 
 from runstream.analysis.queries import leaderboard
 from runstream.analysis.report import write_report
-from runstream.analysis.views import ensure_views
 from runstream.comparison import compare_project
 from runstream.consumer import ClickHouseSink, ConsumerService, ConsumerSettings, ingest_spool
 from runstream.output import render
+from runstream.producer.kafka_settings import KafkaSettings
 from runstream.producer.run import Run, producer_stats
 from runstream.producer.settings import ProducerSettings
 
@@ -121,7 +121,11 @@ def run_demo(
     started = time.monotonic()
     spool_dir = spool or Path(tempfile.mkdtemp(prefix="runstream-demo-spool-"))
     # The demo simulates its GPUs, so the real sampler stays off.
-    settings = ProducerSettings(kafka=kafka, spool=spool_dir, topic_prefix=topic_prefix, sample_interval_s=0)
+    # A secured Kafka: the same RUNSTREAM_KAFKA_* options (and RUNSTREAM_CONFIG file) as every other client.
+    resolved = KafkaSettings.resolve(kafka) if kafka else None
+    kafka_options = resolved.options if resolved is not None else ()
+    settings = ProducerSettings(kafka=kafka, kafka_options=kafka_options, spool=spool_dir, topic_prefix=topic_prefix,
+                                sample_interval_s=0)
     where = f"Kafka at {kafka}" if kafka else f"the spool {spool_dir}"
     out(f"Simulating {runs} runs x {steps} steps of project {project!r} into {where} ...")
     sent_before = producer_stats()["sent_events"]
@@ -139,7 +143,7 @@ def run_demo(
         out(f"Consuming {events} events ({points} metric points) from Kafka into ClickHouse ...")
         service = ConsumerService(
             ConsumerSettings(kafka=kafka, clickhouse=clickhouse, topic_prefix=topic_prefix,
-                             group_id=f"runstream-demo-{project}"),
+                             group_id=f"runstream-demo-{project}", kafka_options=kafka_options),
             sink=sink,
         )
         stop = threading.Event()
@@ -159,7 +163,6 @@ def run_demo(
     comparison = compare_project(sink.client, sink.database, project, run_ids=run_ids)
     out("")
     out(render(comparison.columns, comparison.rows))
-    ensure_views(sink.client, sink.database)
     board = leaderboard(sink.client, sink.database, project, "acc", "max")
     out("")
     out(f"Leaderboard of project {project!r} by best acc (ties: earlier step first):")

@@ -63,9 +63,19 @@ class Decoder:
         self._catalogue = catalogue
 
     def decode(
-        self, data: bytes, *, partition: int | None = None, offset: int | None = None
+        self, data: bytes | None, *, partition: int | None = None, offset: int | None = None
     ) -> tuple[str, dict[str, Any]]:
-        """Return (event_type, record); raise DecodeError naming what was wrong."""
+        """Return (event_type, record); raise DecodeError naming what was wrong.
+
+        A message without a value (a tombstone, or a producer that sent none) and an empty value
+        have reasons of their own, so that the dead-letter topic and its metric tell them from
+        corrupt bytes: neither is an event, and neither may stop the consumer.
+        """
+        if data is None:
+            raise DecodeError("null_value", "message has no value (null, as a tombstone)",
+                              partition=partition, offset=offset)
+        if len(data) == 0:
+            raise DecodeError("empty_value", "message value is empty (0 bytes)", partition=partition, offset=offset)
         if len(data) < HEADER_SIZE or data[:2] != MAGIC:
             raise DecodeError(
                 "not_single_object",

@@ -9,7 +9,7 @@ mkdir -p "$tree/runstream"
 for file in "$repo"/runstream/*.py "$repo"/runstream/py.typed; do
   ln -s "$file" "$tree/runstream/$(basename "$file")"
 done
-for sub in producer consumer schemas dashboards analysis; do
+for sub in producer consumer schemas dashboards analysis monitoring; do
   ln -s "$repo/$sub" "$tree/runstream/$sub"
 done
 cd "$tree"

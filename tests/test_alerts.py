@@ -24,7 +24,7 @@ from runstream.consumer import ClickHouseSink, connect, ingest_spool
 from runstream.consumer.health_server import HealthServer
 from runstream.consumer.migrations import migrate
 from runstream.dashboards import alerts
-from runstream.dashboards.monitor import Monitor, MonitorSettings
+from runstream.monitoring.exporter import Exporter, ExporterSettings
 from runstream.producer.run import Run
 from runstream.producer.settings import ProducerSettings
 
@@ -139,7 +139,7 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
 def test_prometheus_fires_the_drift_alert_from_the_monitor(tmp_path: Path, clickhouse_dsn: str,
                                                            prometheus_for: Any) -> None:
     client, db = _feed_drifting_data(tmp_path / "spool", clickhouse_dsn)
-    monitor = Monitor(client, db, MonitorSettings(drift_window_s=3600, interval_s=1))
+    monitor = Exporter(client, db, ExporterSettings(drift_window_s=3600, interval_s=1))
     assert monitor.refresh_once()
     server = HealthServer("127.0.0.1:0", monitor.registry, alive=lambda: True, ready=monitor.healthy)
     server.start()

@@ -28,10 +28,11 @@ from runstream.analysis import queries
 from runstream.analysis.filters import FilterError, Translator, Vocabulary, translate
 from runstream.analysis.importance import importance
 from runstream.analysis.reproduce import reproduce
-from runstream.analysis.views import ensure_views
+from runstream.analysis.views import RUN_METRICS, RUN_METRICS_FROM_POINTS_SQL
 from runstream.cli import main
 from runstream.consumer import ClickHouseSink, ingest_spool
 from runstream.consumer.dsn import connect
+from runstream.consumer.migrations import create_view_sql
 from runstream.producer import metadata
 
 pytestmark = pytest.mark.integration
@@ -134,8 +135,7 @@ def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def db(dsn: str) -> Iterator[tuple[Any, str]]:
     client, database = connect(dsn)
-    ensure_views(client, database)
-    yield client, database
+    yield client, database  # the sink's migrations made the views: nothing to create on read
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -180,12 +180,14 @@ def test_best_acc_tie_goes_to_the_earlier_step_and_skips_runs_without_values(db:
 def test_leaderboard_from_raw_points_agrees_with_the_rollup(db: tuple[Any, str]) -> None:
     client, database = db
     from_rollup = queries.leaderboard(client, database, "vision", "loss", "min").rows
-    ensure_views(client, database, use_rollup=False)
+    replace = f"CREATE OR REPLACE VIEW {database}.run_metrics AS "
+    client.command(replace + RUN_METRICS_FROM_POINTS_SQL.replace("{db}", database))
     try:
         from_points = queries.leaderboard(client, database, "vision", "loss", "min").rows
         overview = queries.runs(client, database, project="vision").rows
     finally:
-        ensure_views(client, database)
+        restore = create_view_sql(RUN_METRICS, database)
+        client.command(restore.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW"))
     assert repr(from_points) == repr(from_rollup)  # repr: NaN equals NaN
     assert [r[:4] for r in overview] == [r[:4] for r in queries.runs(client, database, project="vision").rows]
 

@@ -151,8 +151,8 @@ def test_sigterm_to_the_wrapper_is_forwarded_and_the_run_ends_killed(tmp_path: P
 
 GRACEFUL = """
 import time
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: a Ctrl-C right after "ready" must still be caught
     time.sleep(30)
 except KeyboardInterrupt:
     print("saved a checkpoint", flush=True)

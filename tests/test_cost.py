@@ -12,7 +12,7 @@ import pytest
 
 from runstream.consumer import ClickHouseSink, connect, ingest_spool
 from runstream.consumer.migrations import migrate
-from runstream.dashboards import cost
+from runstream.monitoring import cost
 from runstream.producer.run import Run
 from runstream.producer.settings import ProducerSettings
 

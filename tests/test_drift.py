@@ -16,8 +16,8 @@ from scipy.stats import ks_2samp
 import runstream
 from runstream.consumer import ClickHouseSink, connect, ingest_spool
 from runstream.consumer.migrations import migrate
-from runstream.dashboards import drift
-from runstream.producer.monitor import feature_reference, stream_id
+from runstream.monitoring import drift
+from runstream.producer.drift_sampler import feature_reference, stream_id
 from runstream.producer.run import Run
 from runstream.producer.settings import ProducerSettings
 

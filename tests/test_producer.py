@@ -14,6 +14,7 @@ from spool_reader import read_spool
 import runstream
 from runstream.producer.params import flatten_params
 from runstream.producer.settings import ProducerSettings
+from runstream.producer.worker import points_item_bytes
 
 
 def test_run_writes_standard_avro_container_files(spool_dir: Path) -> None:
@@ -123,7 +124,9 @@ def test_project_must_be_named(spool_dir: Path) -> None:
 
 def test_a_full_queue_waits_briefly_then_drops_and_counts(spool_dir: Path) -> None:
     """The documented policy when the worker cannot keep up: block up to 0.5 s, then drop and count."""
-    settings = ProducerSettings(spool=spool_dir, queue_capacity_points=3, sample_interval_s=0, flush_interval_s=60)
+    room_for_three = 3 * points_item_bytes(1)  # the queue is bounded in bytes: room for three one-metric calls
+    settings = ProducerSettings(spool=spool_dir, queue_capacity_bytes=room_for_three, sample_interval_s=0,
+                                flush_interval_s=60)
     run = runstream.Run(project="p", settings=settings)
     worker = run._worker
     worker.flush()  # run_started out of the queue, so it holds only what this test logs

@@ -19,6 +19,7 @@ from runstream.consumer.cluster import DEFAULT_SHARDING_KEY, cluster_ddl
 from runstream.consumer.dsn import connect
 from runstream.consumer.migrations import MIGRATIONS, TABLES, ddl, migrate
 from runstream.consumer.table_spec import BY_RUN, EVERY_NODE
+from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
 
 pytestmark = pytest.mark.integration
 
@@ -266,37 +267,43 @@ def test_gpu_usage_rollup_equals_python_over_the_inserted_samples(clickhouse_dsn
     hourly = {(row[0], row[1]): row[2:] for row in client.query(
         f"SELECT run_id, toUnixTimestamp(hour), gpus, gpu_seconds, avg_utilization_pct, energy_wh "
         f"FROM {db}.gpu_usage_hourly").result_rows}
+    # GPU-hours count whole milliseconds (runstream.monitoring.gpu_hours); these samples are 5 s apart,
+    # far below the gap cap, so a GPU's held time is its last sample minus its first.
     for run, rows in samples.items():
         per_gpu: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
         for gpu, t, util, power in rows:
-            per_gpu[gpu].append((t, util, power))
-        spans = {g: (max(t for t, _, _ in s) - min(t for t, _, _ in s)) / 1e6 for g, s in per_gpu.items()}
+            per_gpu[gpu].append((t // 1000, util, power))
+        spans = {g: (max(t for t, _, _ in s) - min(t for t, _, _ in s)) / 1e3 for g, s in per_gpu.items()}
         energy = sum(mean([p for _, _, p in s]) * spans[g] / 3600 for g, s in per_gpu.items())
         gpus, gpu_hours, util, energy_wh, count = by_run[run]
         assert (gpus, count) == (2, len(rows))
         assert gpu_hours == pytest.approx(sum(spans.values()) / 3600, rel=1e-12)
         assert util == pytest.approx(mean([u for _, _, u, _ in rows]), rel=1e-12)
         assert energy_wh == pytest.approx(energy, rel=1e-9)
+        # Each sample stands for the time since its GPU's previous sample, which may lie in the hour before:
+        # the hours add up to the run.
+        held: dict[tuple[int, int], float] = {}  # (gpu, time us) -> seconds since the GPU's previous sample
+        for g, s in per_gpu.items():
+            ordered = sorted(t for t, _, _ in s)
+            held.update({(g, t): (t - prev) / 1e3 for prev, t in zip([ordered[0], *ordered], ordered, strict=False)})
         buckets: dict[int, list[tuple[int, int, float, float]]] = defaultdict(list)
         for sample in rows:
             buckets[sample[1] // HOUR_US * 3600].append(sample)
         assert {hour for r, hour in hourly if r == run} == set(buckets)
+        assert sum(hourly[(run, hour)][1] for hour in buckets) == pytest.approx(gpu_hours * 3600, rel=1e-12)
         for hour, in_hour in buckets.items():
             gpus_h, seconds, util_h, energy_h = hourly[(run, hour)]
-            groups: dict[int, list[tuple[int, float]]] = defaultdict(list)
+            groups: dict[int, list[tuple[float, float]]] = defaultdict(list)
             for gpu, t, _, power in in_hour:
-                groups[gpu].append((t, power))
-            span = {g: (max(t for t, _ in s) - min(t for t, _ in s)) / 1e6 for g, s in groups.items()}
+                groups[gpu].append((held[(gpu, t // 1000)], power))
             assert gpus_h == len(groups)
-            assert seconds == pytest.approx(sum(span.values()), rel=1e-12)
+            assert seconds == pytest.approx(sum(h for s in groups.values() for h, _ in s), rel=1e-12)
             assert util_h == pytest.approx(mean([u for _, _, u, _ in in_hour]), rel=1e-12)
-            assert energy_h == pytest.approx(sum(mean([p for _, p in s]) * span[g] / 3600
-                                                 for g, s in groups.items()), rel=1e-9)
-    # The per-run GPU-hours are those of the comparison table (first to last sample of each GPU).
+            assert energy_h == pytest.approx(sum(mean([p for _, p in s]) * sum(h for h, _ in s) / 3600
+                                                 for s in groups.values()), rel=1e-9)
+    # The per-run GPU-hours are those of the comparison table and run_overview (the raw samples with FINAL).
     comparison = dict(client.query(
-        f"SELECT run_id, sum(s) / 3600 FROM (SELECT run_id, host, gpu_index, "
-        f"dateDiff('microsecond', min(time), max(time)) / 1e6 AS s FROM {db}.gpu_samples FINAL "
-        "GROUP BY run_id, host, gpu_index) GROUP BY run_id").result_rows)
+        f"SELECT run_id, gpu_seconds / 3600 FROM ({gpu_seconds_by_run_sql(f'{db}.gpu_samples')})").result_rows)
     assert comparison == pytest.approx({run: row[1] for run, row in by_run.items()}, rel=1e-12)
 
 

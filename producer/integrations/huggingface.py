@@ -24,6 +24,7 @@ except ImportError as error:
     ) from error
 
 from runstream.producer.integrations._common import numeric_entries
+from runstream.producer.kafka_settings import normalise_options
 from runstream.producer.run import Run, init
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class RunstreamCallback(TrainerCallback):  # type: ignore[misc]
         tags: Mapping[str, str] | Sequence[str] | None = None,
         run: Run | None = None,
         kafka: str | None = None,
+        kafka_options: Mapping[str, Any] | None = None,
         spool: str | None = None,
         topic_prefix: str | None = None,
         sample_interval: float | None = None,
@@ -64,7 +66,8 @@ class RunstreamCallback(TrainerCallback):  # type: ignore[misc]
         self._params = dict(params or {})
         self._tags = tags
         self._sink: dict[str, Any] = {
-            "kafka": kafka, "spool": spool, "topic_prefix": topic_prefix, "sample_interval": sample_interval
+            "kafka": kafka, "kafka_options": dict(normalise_options(kafka_options or {})), "spool": spool,
+            "topic_prefix": topic_prefix, "sample_interval": sample_interval,
         }
         self._run = run
         self._owns_run = run is None

@@ -29,6 +29,7 @@ except ImportError as error:
 import numpy as np
 
 from runstream.producer.integrations._common import numeric_entries
+from runstream.producer.kafka_settings import normalise_options
 from runstream.producer.run import Run, init
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class RunstreamKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run: Run | None = None,
         log_every_n_batches: int | None = None,
         kafka: str | None = None,
+        kafka_options: Mapping[str, Any] | None = None,
         spool: str | None = None,
         topic_prefix: str | None = None,
         sample_interval: float | None = None,
@@ -72,7 +74,8 @@ class RunstreamKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._params = dict(params or {})
         self._tags = tags
         self._sink: dict[str, Any] = {
-            "kafka": kafka, "spool": spool, "topic_prefix": topic_prefix, "sample_interval": sample_interval
+            "kafka": kafka, "kafka_options": dict(normalise_options(kafka_options or {})), "spool": spool,
+            "topic_prefix": topic_prefix, "sample_interval": sample_interval,
         }
         self._every = log_every_n_batches
         self._run = run

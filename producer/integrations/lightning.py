@@ -33,6 +33,7 @@ except ImportError:
             "install it with: pip install 'runstream[lightning]'"
         ) from error
 
+from runstream.producer.kafka_settings import normalise_options
 from runstream.producer.run import Run, init
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
         tags: Mapping[str, str] | Sequence[str] | None = None,
         run: Run | None = None,
         kafka: str | None = None,
+        kafka_options: Mapping[str, Any] | None = None,
         spool: str | None = None,
         topic_prefix: str | None = None,
         sample_interval: float | None = None,
@@ -73,7 +75,8 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
         self._params: dict[str, Any] = _plain(params or {})
         self._tags = tags
         self._sink: dict[str, Any] = {
-            "kafka": kafka, "spool": spool, "topic_prefix": topic_prefix, "sample_interval": sample_interval
+            "kafka": kafka, "kafka_options": dict(normalise_options(kafka_options or {})), "spool": spool,
+            "topic_prefix": topic_prefix, "sample_interval": sample_interval,
         }
         self._run = run
         self._owns_run = run is None

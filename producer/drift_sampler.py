@@ -3,7 +3,7 @@
 `Run.log_reference()` turns training data (or statistics computed elsewhere) into one
 `drift_reference` event: per feature the reference bins and their counts, summary statistics and
 a bounded sample for the Kolmogorov-Smirnov distance. `runstream.monitor(model=..., version=...)`
-returns a `Monitor` whose `log()` keeps a random `sample_rate` of the requests it sees and sends
+returns a `DriftSampler` whose `log()` keeps a random `sample_rate` of the requests it sees and sends
 them in batches as `prediction_samples` events through the same background worker and sinks as
 runs (Kafka, or the spool). An unsampled call costs one random draw; a sampled one appends to a
 list. Events are keyed by a stream id derived from the model name, so one model's samples stay
@@ -176,7 +176,7 @@ def _value(value: Any) -> float | str | None:
     return str(value)
 
 
-class Monitor:
+class DriftSampler:
     """Samples a serving process's requests of one model version into `prediction_samples` events.
 
     Thread-safe: request threads may call `log()` concurrently.
@@ -291,7 +291,7 @@ class Monitor:
         atexit.unregister(self.close)
         return self._worker.flush(timeout)
 
-    def __enter__(self) -> Monitor:
+    def __enter__(self) -> DriftSampler:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -309,11 +309,11 @@ def monitor(
     spool: str | None = None,
     topic_prefix: str | None = None,
     seed: int | None = None,
-) -> Monitor:
+) -> DriftSampler:
     """A drift monitor for one model version in a serving process: `monitor(...).log(features=..., prediction=...)`.
 
     Events go where runs' go (`kafka` or `RUNSTREAM_KAFKA`, else the spool folder).
     """
     settings = ProducerSettings.resolve(kafka=kafka, spool=spool, topic_prefix=topic_prefix, sample_interval_s=0)
-    return Monitor(model, version, sample_rate=sample_rate, batch_size=batch_size,
-                   flush_interval_s=flush_interval_s, settings=settings, seed=seed)
+    return DriftSampler(model, version, sample_rate=sample_rate, batch_size=batch_size,
+                        flush_interval_s=flush_interval_s, settings=settings, seed=seed)

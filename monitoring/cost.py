@@ -1,10 +1,11 @@
 """GPU cost in ClickHouse SQL: a price table from YAML, cost and idle cost per run/project/user/day,
 energy from power samples, and per-project budgets with burn rate and projected month-end spend.
 
-Each GPU sample stands for the time since the previous sample of the same GPU in the same run
-(gaps longer than `MAX_GAP_S` count as not held), so a run's GPU-seconds are last - first sample,
-as in `gpu_usage_by_run`. A sample whose utilisation is below the price table's
-`idle_utilization_pct` is idle time: paid for, not used. Energy is power x time.
+Each GPU sample stands for the time since the previous sample of the same GPU in the same run,
+by the one definition of GPU-hours (`runstream.monitoring.gpu_hours`: gaps longer than `MAX_GAP_S`
+count as not held), so a run's GPU-seconds are those of the comparison table and `gpu_usage_by_run`.
+A sample whose utilisation is below the price table's `idle_utilization_pct` is idle time: paid
+for, not used. Energy is power x time.
 
 A run's price is the most specific row of the latest price table for its GPU model (or `*`), its
 cluster and its pricing tier (the run's tags `cluster` and `pricing_tier`; an empty cluster or tier
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runstream.dashboards.drift import Literal, TimeRange
+from runstream.monitoring.drift import Literal, TimeRange
+from runstream.monitoring.gpu_hours import SAMPLE_WINDOW_SQL, sample_held_seconds_sql
 
-MAX_GAP_S = 300
 DEFAULT_IDLE_UTILIZATION_PCT = 10.0
 
 
@@ -138,11 +139,10 @@ FROM (
            sum(i.dt_s * ifNull(i.power_w, 0)) / 3.6e6 AS energy_kwh
     FROM (
         SELECT run_id, gpu_model, utilization_pct, power_w, {bucket_sql} AS bucket,
-               dateDiff('microsecond', lagInFrame(time, 1, time) OVER w, time) / 1e6 AS gap_s,
-               if(gap_s > {MAX_GAP_S}, 0, gap_s) AS dt_s
+               {sample_held_seconds_sql("w")} AS dt_s
         FROM {db}.gpu_samples FINAL
         WHERE {time_range.filter('time')}
-        WINDOW w AS (PARTITION BY run_id, host, gpu_index ORDER BY time ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+        WINDOW w AS ({SAMPLE_WINDOW_SQL})
     ) AS i
     LEFT JOIN (SELECT run_id, project, user, tags['cluster'] AS cluster, tags['pricing_tier'] AS tier
                FROM {db}.runs FINAL) AS r ON i.run_id = r.run_id
