@@ -244,6 +244,7 @@ def unique_group(prefix: str) -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_consumer_killed_between_insert_and_commit_loses_and_doubles_nothing(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, fault_table: FaultTable
 ) -> None:
@@ -286,6 +287,7 @@ def test_consumer_killed_between_insert_and_commit_loses_and_doubles_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_unwritable_and_full_data_folder_are_waited_out(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, fault_table: FaultTable
 ) -> None:
@@ -382,6 +384,7 @@ WORKER = textwrap.dedent("""
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_rebalance_while_clickhouse_fails_stores_every_point_once(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, fault_table: FaultTable
 ) -> None:
@@ -475,6 +478,7 @@ def test_rebalance_while_clickhouse_fails_stores_every_point_once(
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_sigterm_writes_and_commits_the_half_full_batch(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, fault_table: FaultTable
 ) -> None:
@@ -503,6 +507,7 @@ def test_sigterm_writes_and_commits_the_half_full_batch(
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_sigterm_during_an_outage_exits_promptly_and_loses_nothing(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, fault_table: FaultTable
 ) -> None:
