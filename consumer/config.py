@@ -8,7 +8,6 @@ and error message.
 from __future__ import annotations
 
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from urllib.parse import quote, urlparse, urlunparse
 
 from runstream.consumer.dsn import default_dsn
 from runstream.consumer.service import ConsumerSettings
-from runstream.producer.kafka_settings import KafkaConfigError, resolve_options
+from runstream.producer.kafka_settings import KafkaConfigError, read_config_file, resolve_options
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
 #: Consumer keys: (type, environment variable, default).
@@ -90,12 +89,7 @@ def _coerce(key: str, kind: type, value: Any, where: str) -> Any:
 
 
 def read_file(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {str(path)!r}: {error}") from None
+    data = read_config_file(path, ConfigError)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(unknown)}; "

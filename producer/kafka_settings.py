@@ -170,14 +170,22 @@ def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def read_config_file(path: Path, error: type[ValueError]) -> dict[str, Any]:
+    """A runstream TOML config file as a dict; a missing or malformed file raises `error` naming the file.
+
+    The consumer's file and the SDK's `RUNSTREAM_CONFIG` are the same file, read by this one function.
+    """
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as decode_error:
+        raise error(f"config file {str(path)!r}: {decode_error}") from None
+
+
 def read_kafka_table(path: Path) -> dict[str, Any]:
     """The `[kafka]` table of a TOML file (the consumer's file or the SDK's `RUNSTREAM_CONFIG`)."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KafkaConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise KafkaConfigError(f"config file {str(path)!r}: {error}") from None
+    data = read_config_file(path, KafkaConfigError)
     table = data.get("kafka", {})
     if not isinstance(table, dict):
         raise KafkaConfigError(f"config file {str(path)!r}: [kafka] must be a table of librdkafka options")
