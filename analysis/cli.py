@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import re
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 from runstream.analysis.progress import Progress
 from runstream.consumer.dsn import default_dsn
-from runstream.output import FORMATS, render
+from runstream.output import FORMATS, dumps_json, render
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,7 +37,9 @@ filter, e.g. "params.lr < 0.01 and metrics.acc > 0.9". Fields: params.KEY, metri
 value), best.NAME (best value: min for loss-like names, else max), tags.KEY, run_id, name, project,
 status, user, host, git_commit, started_at, finished_at, gpu_hours. Operators: = != < <= > >=,
 in (...), not in (...), like 'pat%%', is [not] null, and, or, not, parentheses. Values are numbers,
-'quoted strings', true, false. A run lacking the field never matches."""
+'quoted strings', true, false. A run lacking the field never matches. A name with characters
+other than A-Z a-z 0-9 _ (unicode, '-', spaces) goes in backquotes: metrics.`损失` > 0,
+params.`warmup-steps` >= 100."""
 
 
 def add_parsers(commands: Any) -> None:
@@ -70,8 +71,9 @@ def add_parsers(commands: Any) -> None:
 
     best = commands.add_parser(
         "best", help="the leaderboard of a project by a metric",
-        description="Runs ranked by the best value each reached of METRIC; equal values rank by the earlier "
-        "step reaching them. Runs that never logged a finite value of METRIC are left out.")
+        description="Runs ranked by the best finite value each reached of METRIC; equal values rank by the "
+        "earlier step reaching them. NaN and ±Inf are never ranked: runs that never logged a finite value of "
+        "METRIC are left out, and their number is printed under the table (on stderr for csv and json).")
     best.add_argument("--project", required=True)
     best.add_argument("--metric", required=True, metavar="M")
     best.add_argument("--mode", choices=("min", "max"), default=None,
@@ -83,7 +85,7 @@ def add_parsers(commands: Any) -> None:
         "importance", help="which params go along with a metric across runs (correlation, not causation)",
         description="For each param: Spearman rank correlation with the metric's best value (numeric params) or "
         "the metric's mean per value and eta squared (categorical params), across the project's runs. "
-        "This is correlation, not causation.")
+        "This is correlation, not causation. Only finite values count: runs without one are left out and counted.")
     importance.add_argument("--project", required=True)
     importance.add_argument("--metric", required=True, metavar="M")
     importance.add_argument("--mode", choices=("min", "max"), default=None,
@@ -115,8 +117,19 @@ def add_parsers(commands: Any) -> None:
     _common(report)
 
 
-def _clickhouse_errors(handler: Handler) -> Handler:
-    """Server errors become one readable line (the CLI prints it and exits 2), not a traceback."""
+def clickhouse_error_line(error: BaseException) -> str:
+    """ClickHouse's message and code on one line: its messages span lines (an HTTP preamble, the
+    query echoed back), which a terminal user should not have to scroll through a traceback for."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    code = getattr(error, "code", None)
+    if code is not None and f"Code: {code}" not in text:
+        text = f"{text} (code {code})"
+    return f"ClickHouse: {text}"
+
+
+def clickhouse_errors(handler: Handler) -> Handler:
+    """Server errors (bad SQL, unknown table...) become one readable line (the CLI prints it and exits 2),
+    not a traceback."""
 
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace) -> int:
@@ -124,8 +137,7 @@ def _clickhouse_errors(handler: Handler) -> Handler:
             return handler(args)
         except Exception as error:
             if type(error).__module__.startswith(("clickhouse_connect", "chdb")):
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise RuntimeError(f"ClickHouse: {first}") from None
+                raise RuntimeError(clickhouse_error_line(error)) from None
             raise
 
     return wrapped
@@ -142,7 +154,7 @@ def _print(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
     print(render(columns, rows, fmt))
 
 
-@_clickhouse_errors
+@clickhouse_errors
 def cmd_runs(args: argparse.Namespace) -> int:
     from runstream.analysis import queries
 
@@ -154,7 +166,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clickhouse_errors
+@clickhouse_errors
 def cmd_compare(args: argparse.Namespace) -> int:
     from runstream.analysis import queries
 
@@ -166,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clickhouse_errors
+@clickhouse_errors
 def cmd_best(args: argparse.Namespace) -> int:
     from runstream.analysis import queries
 
@@ -175,10 +187,25 @@ def cmd_best(args: argparse.Namespace) -> int:
         progress.step("ranking")
         table = queries.leaderboard(client, db, args.project, args.metric, args.mode, args.limit or None)
     _print(table.columns, table.rows, args.format)
+    _left_out_note("runstream best", args, table.left_out)
     return 0
 
 
-@_clickhouse_errors
+def _left_out_note(command: str, args: argparse.Namespace, left_out: int) -> None:
+    """Say how many runs a ranking left out for never logging a finite value: under a table, and on
+    stderr for csv/json so that stdout stays machine-readable."""
+    from runstream.analysis.queries import left_out_note
+
+    note = left_out_note(args.metric, left_out)
+    if not note:
+        return
+    if args.format == "table":
+        print(f"\n{note}")
+    else:
+        print(f"{command}: {note}", file=sys.stderr)
+
+
+@clickhouse_errors
 def cmd_importance(args: argparse.Namespace) -> int:
     from runstream.analysis.importance import NOTE, importance
 
@@ -187,6 +214,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
         progress.step("correlating")
         table = importance(client, db, args.project, args.metric, args.mode)
     _print(table.columns, table.rows, args.format)
+    _left_out_note("runstream importance", args, table.left_out)
     if args.format == "table":
         print(f"\nNote: {NOTE}")
     else:  # keep stdout machine-readable; the caveat still reaches the reader
@@ -194,7 +222,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clickhouse_errors
+@clickhouse_errors
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from runstream.analysis.reproduce import as_rows, reproduce
 
@@ -203,9 +231,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         progress.step("reading the run")
         info = reproduce(client, db, args.run)
     if args.config_out is not None:
-        args.config_out.write_text(json.dumps(info["config"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        args.config_out.write_text(dumps_json(info["config"], sort_keys=True) + "\n", encoding="utf-8")
     if args.format == "json":
-        print(json.dumps(info, indent=2, default=str))
+        print(dumps_json(info))
     else:
         _print(["field", "value"], as_rows(info), args.format)
     if args.config_out is not None:
@@ -213,7 +241,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clickhouse_errors
+@clickhouse_errors
 def cmd_report(args: argparse.Namespace) -> int:
     from runstream.analysis.report import write_report
 

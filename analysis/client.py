@@ -7,6 +7,10 @@
 
 The same SQL as the CLI answers (analysis/queries.py), so a notebook and a terminal agree. pandas is
 imported here, not by `import runstream`, so training jobs that only log never pay for it.
+
+Values are exact and NaN is never confused with "not logged": in Arrow, a logged NaN is NaN and a
+value never logged is null; in pandas, numeric columns that have missing values are pyarrow-backed
+(`double[pyarrow]`), where missing is <NA> and NaN stays NaN.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pyarrow as pa
 from runstream.analysis import queries
 from runstream.analysis.importance import importance
 from runstream.analysis.reproduce import reproduce
+from runstream.output import csv_cell
 
 Output = Literal["pandas", "arrow"]
 
@@ -28,13 +33,53 @@ except ImportError as error:  # pragma: no cover - pandas comes with the analysi
     raise ImportError("runstream.Client needs pandas: pip install pandas (or runstream[analysis])") from error
 
 
+def _arrow_column(name: str, values: list[Any]) -> pa.Array:
+    """Python values to Arrow without pandas' NaN-is-missing rule: NaN stays NaN, None becomes null.
+    A column mixing kinds (a param that is a number in one run and text in another) becomes text,
+    written as the CSV format writes it (runstream.output.csv_cell), nulls kept."""
+    try:
+        return pa.array(values, from_pandas=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else csv_cell(v) for v in values], type=pa.string())
+
+
+def to_arrow(table: queries.Table) -> pa.Table:
+    """The rows as an Arrow table; NaN (logged) and null (not logged) stay distinct. Built from arrays,
+    not a dict, so a run labelled like another column (`compare` of a run named "field") keeps both."""
+    columns = [list(column) for column in zip(*table.rows, strict=True)] if table.rows else [[] for _ in table.columns]
+    arrays = [_arrow_column(name, values) for name, values in zip(table.columns, columns, strict=True)]
+    return pa.Table.from_arrays(arrays, names=list(table.columns))
+
+
+def arrow_to_pandas(table: pa.Table) -> Any:
+    """A DataFrame that keeps NaN distinct from null: numeric columns with nulls become pyarrow-backed
+    (null is <NA>, NaN is NaN; a numpy float column would turn both into NaN, an int column into floats);
+    other columns convert as usual (text nulls stay None)."""
+    series = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        kind = column.type
+        if column.null_count and (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
+            series.append(pd.Series(pd.arrays.ArrowExtensionArray(column), name=name))
+        else:
+            series.append(pd.Series(column.to_pandas(), name=name))
+    if not series:
+        return pd.DataFrame()
+    return pd.concat(series, axis=1)
+
+
 def _frame(table: queries.Table, output: Output) -> Any:
-    frame = pd.DataFrame(table.rows, columns=table.columns)
-    if output == "arrow":
-        return pa.Table.from_pandas(frame, preserve_index=False)
-    if output != "pandas":
+    if output not in ("pandas", "arrow"):
         raise ValueError(f"output: expected 'pandas' or 'arrow', got {output!r}")
-    return frame
+    arrow = to_arrow(table)
+    return arrow if output == "arrow" else arrow_to_pandas(arrow)
+
+
+def _with_left_out(result: Any, left_out: int) -> Any:
+    """Attach a ranking's count of runs left out for having no finite value (queries.Table.left_out)."""
+    if isinstance(result, pa.Table):
+        return result.replace_schema_metadata({**(result.schema.metadata or {}), b"left_out": str(left_out).encode()})
+    result.attrs["left_out"] = left_out
+    return result
 
 
 class Client:
@@ -67,9 +112,10 @@ class Client:
                    "ORDER BY run_id, metric, step")
             return self.client.query_arrow(sql, parameters={"runs": ids, "metrics": names})
         table = queries.metric_history(self.client, self.database, ids, names, points=points)
-        frame = pd.DataFrame(table.rows, columns=table.columns)
-        frame.insert(1, "name", frame["run_id"].map(dict(resolved)))
-        return pa.Table.from_pandas(frame, preserve_index=False) if output == "arrow" else frame
+        run_names = dict(resolved)
+        named = queries.Table([table.columns[0], "name", *table.columns[1:]],
+                              [[row[0], run_names.get(row[0]), *row[1:]] for row in table.rows])
+        return _frame(named, output)
 
     def compare(self, runs: list[str], metrics: list[str] | None = None, *, output: Output = "pandas") -> Any:
         """Rows: fields (params, each metric at final and best step, GPU-hours); columns: one per run,
@@ -78,12 +124,17 @@ class Client:
 
     def best(self, project: str, metric: str, mode: str | None = None, *, limit: int | None = None,
              output: Output = "pandas") -> Any:
-        """The leaderboard: ranked by best value, ties to the earlier step."""
-        return _frame(queries.leaderboard(self.client, self.database, project, metric, mode, limit), output)
+        """The leaderboard: ranked by best finite value, ties to the earlier step. Runs that logged the
+        metric but never a finite value are left out; how many is `.attrs["left_out"]` (pandas) or the
+        schema metadata `left_out` (Arrow)."""
+        table = queries.leaderboard(self.client, self.database, project, metric, mode, limit)
+        return _with_left_out(_frame(table, output), table.left_out)
 
     def importance(self, project: str, metric: str, mode: str | None = None, *, output: Output = "pandas") -> Any:
-        """Spearman rho / eta² per param: correlation across runs, not causation."""
-        return _frame(importance(self.client, self.database, project, metric, mode), output)
+        """Spearman rho / eta² per param: correlation across runs, not causation. Runs without a finite
+        value of the metric are left out, counted as in `best`."""
+        table = importance(self.client, self.database, project, metric, mode)
+        return _with_left_out(_frame(table, output), table.left_out)
 
     def reproduce(self, run: str) -> dict[str, Any]:
         """Commit, command line, config, data versions and hardware of a run, and a `launch` line."""
@@ -94,7 +145,7 @@ class Client:
         if output == "arrow":
             return self.client.query_arrow(query, parameters=parameters or {})
         result = self.client.query(query, parameters=parameters or {})
-        return pd.DataFrame(result.result_rows, columns=list(result.column_names))
+        return _frame(queries.Table(list(result.column_names), [list(row) for row in result.result_rows]), output)
 
     def close(self) -> None:
         self.client.close()

@@ -7,7 +7,8 @@
 Fields: `params.KEY` (a param; dotted keys as logged, e.g. params.optimizer.name),
 `metrics.NAME` (the final value: at the last step), `best.NAME` (the best value: min for
 loss-like metrics, max otherwise), `tags.KEY`, and the run attributes in ATTRIBUTES. A key with
-characters outside [A-Za-z0-9_] is written in backquotes: params.`warmup-steps`.
+characters outside [A-Za-z0-9_] (unicode, '-', spaces) is written in backquotes: params.`warmup-steps`,
+metrics.`损失`; a filter naming one bare fails with a message suggesting the backquoted form.
 
 Every value, and every param, metric or tag key, travels to ClickHouse as a bound query parameter
 ({v0:Float64}); only fixed SQL written here and column names from fixed tables are pasted into the
@@ -85,6 +86,7 @@ def tokenize(text: str) -> list[Token]:
             raise FilterError(
                 f"filter: unexpected character {text[position]!r} at position {position + 1} in {text!r} "
                 "(expected a field, a comparison, a number, a quoted string, 'and', 'or', 'not' or parentheses)"
+                + _backquote_hint(text, position)
             )
         kind = match.lastgroup or ""
         raw = match.group()
@@ -102,6 +104,25 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token(kind, raw, raw, position))
         position = match.end()
     return tokens
+
+
+_WORD_END = re.compile(r"[\s()<>=!,'\"]")
+
+
+def _backquote_hint(text: str, position: int) -> str:
+    """`metrics.损失 > 0` stops at the '.': a field whose name has characters outside [A-Za-z0-9_]
+    needs backquotes, which a new user cannot guess from "unexpected character", so name the fix."""
+    start = position
+    while start > 0 and not _WORD_END.match(text[start - 1]):
+        start -= 1
+    end = position
+    while end < len(text) and not _WORD_END.match(text[end]):
+        end += 1
+    word = text[start:end]
+    prefix, dot, name = word.partition(".")
+    if not dot or not name or prefix.lower() not in PREFIXES or "`" in word:
+        return ""
+    return f"; names with characters other than A-Z, a-z, 0-9 and _ go in backquotes: {prefix}.`{name}`"
 
 
 def _split_field(raw: str) -> list[str]:

@@ -8,7 +8,8 @@ explains nothing. The note printed with the result says so.
   param with a few repeated values such as a batch size is handled exactly), in [-1, 1].
 - Categorical params (strings, bools, or a key holding mixed kinds): the metric's mean per value,
   and eta² (share of the metric's variance between the groups), in [0, 1].
-Runs without a value of the metric (never logged, or only NaN) are left out; so is a run lacking the param.
+Runs without a finite value of the metric (never logged, or only NaN/±Inf: runstream.monitoring.finite_values)
+are left out, and the table counts them (`Table.left_out`); so is a run lacking the param.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def _is_number(value: Any) -> bool:
 def importance(client: Any, db: str, project: str, metric: str, mode: str | None = None) -> Table:
     """One row per param, strongest association first (|rho| or eta²)."""
     mode = check_mode(mode, metric)
-    run_ids, values, params = run_values(client, db, project, metric, mode)
-    if not run_ids:  # say why: a typo in the project or metric reads better than an empty table
+    run_ids, values, params, left_out = run_values(client, db, project, metric, mode)
+    if not run_ids and not left_out:  # say why: a typo in the project or metric reads better than an empty table
         check_project(client, db, project)
         check_metric(vocabulary(client, db, project), metric, project)
     rows: list[list[Any]] = []
@@ -99,4 +100,4 @@ def importance(client: Any, db: str, project: str, metric: str, mode: str | None
             detail = "; ".join(f"{name}: mean {mean:.4g} (n={n})" for mean, name, n in means)
             rows.append([f"params.{key}", "categorical", len(present), "eta_squared", eta, detail])
     rows.sort(key=lambda r: (r[4] is None, -abs(r[4]) if r[4] is not None else 0.0, r[0]))
-    return Table(["param", "kind", "runs", "measure", "strength", "detail"], rows)
+    return Table(["param", "kind", "runs", "measure", "strength", "detail"], rows, left_out)

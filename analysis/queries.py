@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.analysis.filters import Translator, Vocabulary, translate, vocabulary_from_rows
+from runstream.monitoring.finite_values import ranks
 from runstream.monitoring.metric_direction import lower_is_better
 
 MODES = ("min", "max")
@@ -21,10 +22,16 @@ _PROJECT = "({project:String} = '' OR project = {project:String})"
 
 @dataclass
 class Table:
-    """Rows with their column names: what every question returns."""
+    """Rows with their column names: what every question returns.
+
+    `left_out`: for rankings (leaderboard, importance), the runs that logged the metric but never a
+    finite value of it (runstream.monitoring.finite_values), so no rank; the outputs that have room
+    for it say how many.
+    """
 
     columns: list[str]
     rows: list[list[Any]]
+    left_out: int = 0
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
@@ -101,6 +108,16 @@ def param_value(text: str | None, number: float | None) -> Any:
     return number
 
 
+def null_params(client: Any, db: str, run_ids: list[str]) -> set[tuple[str, str]]:
+    """(run_id, key) of params logged as None: stored as empty text, like a param logged as "", so
+    only their value_type tells them apart. They read as None, the same as a param never logged."""
+    if not run_ids:
+        return set()
+    sql = (f"SELECT run_id, key FROM {db}.run_params FINAL "  # noqa: S608 - db is a validated identifier
+           "WHERE value_type = 'null' AND run_id IN {ids:Array(String)}")
+    return {(run_id, key) for run_id, key in _rows(client, sql, {"ids": run_ids})}
+
+
 def runs(client: Any, db: str, *, project: str | None = None, where: str | None = None,
          sort: str | None = None, limit: int | None = None) -> Table:
     """One row per run: attributes, every param, final metrics (metrics.X), best metrics (best.X)."""
@@ -130,9 +147,11 @@ def runs(client: Any, db: str, *, project: str | None = None, where: str | None 
     columns += [f"metrics.{name}" for name in metric_names] + [f"best.{name}" for name in metric_names]
     columns.append("gpu_hours")
     out = []
+    nulls = null_params(client, db, [row[0] for row in rows]) if param_keys else set()
     for run_id, name, proj, status, started, params, numbers, final, best, gpu_hours in rows:
         row: list[Any] = [run_id, name, proj, status, started]
-        row += [param_value(params.get(key), numbers.get(key)) if key in params else None for key in param_keys]
+        row += [param_value(params.get(key), numbers.get(key)) if key in params and (run_id, key) not in nulls
+                else None for key in param_keys]
         row += [final.get(name) for name in metric_names] + [best.get(name) for name in metric_names]
         row.append(gpu_hours if gpu_hours is not None else 0.0)
         out.append(row)
@@ -195,9 +214,10 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
     add("run_id", ids, diff=False)
     add("status", [rows[i][1] for i in ids])
     keys = sorted({key for i in ids for key in rows[i][2]})
+    nulls = null_params(client, db, ids)  # a param logged as None and one never logged: both None, not differing
     for key in keys:
-        add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key)) if key in rows[i][2] else None
-                              for i in ids])
+        add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key))
+                              if key in rows[i][2] and (i, key) not in nulls else None for i in ids])
     for name in wanted:
         add(f"{name} final", [rows[i][4].get(name) for i in ids])
         add(f"{name} final step", [rows[i][7].get(name) for i in ids])
@@ -215,11 +235,30 @@ def leaderboard(client: Any, db: str, project: str, metric: str, mode: str | Non
            f"FROM {db}.leaderboard(project={{project:String}}, metric={{metric:String}}, mode={{mode:String}})"
            + (f" LIMIT {int(limit)}" if limit else ""))
     rows = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
-    if not rows:  # say why: a typo in the project or metric reads better than an empty table
+    left_out = no_finite_value(client, db, project, metric)
+    if not rows and not left_out:  # say why: a typo in the project or metric reads better than an empty table
         check_project(client, db, project)
         check_metric(vocabulary(client, db, project), metric, project)
     columns = ["rank", "run_id", "name", "status", f"{metric} {mode}", "at step", f"{metric} final", "last step"]
-    return Table(columns, [list(row) for row in rows])
+    return Table(columns, [list(row) for row in rows], left_out)
+
+
+def no_finite_value(client: Any, db: str, project: str, metric: str) -> int:
+    """How many runs of `project` logged `metric` but never a finite value of it: the runs every
+    ranking leaves out (run_metrics' min and max are NULL exactly then, in either mode)."""
+    sql = (f"SELECT count() FROM {db}.run_metrics WHERE metric = {{metric:String}} "  # noqa: S608
+           f"AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}}) "
+           "AND min_value IS NULL")
+    return int(_rows(client, sql, {"project": project, "metric": metric})[0][0])
+
+
+def left_out_note(metric: str, left_out: int) -> str:
+    """The line outputs print under a ranking that left runs out ('' when none was)."""
+    if not left_out:
+        return ""
+    runs = "run" if left_out == 1 else "runs"
+    return (f"{left_out} {runs} left out: logged {metric!r} but never a finite value of it "
+            "(NaN and ±Inf are stored and shown as final values, never ranked)")
 
 
 def metric_history(client: Any, db: str, run_ids: list[str], metrics: list[str],
@@ -243,21 +282,23 @@ def metric_history(client: Any, db: str, run_ids: list[str], metrics: list[str],
 
 
 def run_values(client: Any, db: str, project: str, metric: str, mode: str) -> tuple[list[str], dict[str, float],
-                                                                                       dict[str, dict[str, Any]]]:
-    """Per run of the project: the metric's best value in `mode` (runs without one left out), and params."""
+                                                                                       dict[str, dict[str, Any]], int]:
+    """Per run of the project: the metric's best finite value in `mode`, params, and how many runs
+    logged the metric without any finite value (left out, as the leaderboard leaves them out)."""
     sql = (f"SELECT run_id, if({{mode:String}} = 'max', max_value, min_value) AS v "  # noqa: S608
            f"FROM {db}.run_metrics WHERE metric = {{metric:String}} "
-           f"AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}}) AND v IS NOT NULL "
+           f"AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}}) "
            "ORDER BY run_id")
     found = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
-    values = {run_id: float(v) for run_id, v in found}
+    values = {run_id: float(v) for run_id, v in found if ranks(v)}
+    left_out = len(found) - len(values)
     params: dict[str, dict[str, Any]] = {}
     sql = (f"SELECT run_id, key, value_string, value_number FROM {db}.run_params FINAL "  # noqa: S608
            f"WHERE run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}})")
     for run_id, key, text, number in _rows(client, sql, {"project": project}):
         if run_id in values:
             params.setdefault(key, {})[run_id] = param_value(text, number)
-    return sorted(values), values, params
+    return sorted(values), values, params, left_out
 
 
 def gpu_hours(client: Any, db: str, run_ids: list[str]) -> dict[str, float]:

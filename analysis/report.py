@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runstream.analysis.queries import check_mode, check_project, leaderboard, metric_history, runs
+from runstream.analysis.queries import check_mode, check_project, leaderboard, left_out_note, metric_history, runs
 
 CURVE_POINTS = 500
 
@@ -57,10 +57,12 @@ def collect(client: Any, db: str, project: str, *, metric: str | None = None, mo
         curves[name] = per_run
     ranking: list[dict[str, Any]] = []
     chosen_mode = None
+    left_out = 0
     if chosen is not None:
         step("leaderboard")
         chosen_mode = check_mode(mode, chosen)
-        ranking = leaderboard(client, db, project, chosen, chosen_mode).records()
+        board = leaderboard(client, db, project, chosen, chosen_mode)
+        ranking, left_out = board.records(), board.left_out
     return {
         "project": project,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -83,6 +85,9 @@ def collect(client: Any, db: str, project: str, *, metric: str | None = None, mo
         "curves": {m: {run_id: [[s, _finite(v)] for s, v in pts] for run_id, pts in c.items()}
                    for m, c in curves.items()},
         "leaderboard": [{k: _finite(v) for k, v in row.items()} for row in ranking],
+        # runs that logged the metric but never a finite value: not ranked (runstream.monitoring.finite_values)
+        "left_out": left_out,
+        "left_out_note": left_out_note(chosen, left_out) if chosen is not None else "",
     }
 
 
@@ -206,6 +211,11 @@ window.addEventListener("error", function (e) {
     table(document.getElementById("leaderboard"), lbKeys,
           data.leaderboard.map(function (row) { return lbKeys.map(function (k) { return row[k]; }); }),
           lbKeys.map(function (k) { return typeof data.leaderboard[0][k] === "number"; }));
+  }
+  if (data.left_out_note) {
+    var leftOut = document.createElement("p");
+    leftOut.className = "note"; leftOut.id = "left-out"; leftOut.textContent = data.left_out_note;
+    document.getElementById("leaderboard").appendChild(leftOut);
   }
 
   function lineChart(parent, metric, curves) {

@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 from runstream.analysis.queries import param_value, resolve_runs
+from runstream.output import dumps_json
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -119,12 +120,12 @@ def as_rows(info: dict[str, Any]) -> list[list[Any]]:
         rows.append([f"git.{key}", value])
     rows.append(["command_line", shlex.join(info["command_line"])])
     rows.append(["launch", info["launch"]])
-    rows.append(["config", json.dumps(info["config"], sort_keys=True, default=str)])
+    rows.append(["config", dumps_json(info["config"], indent=None, sort_keys=True)])
     for version in info["data_versions"]:
         rows.append([f"data.{version['name']}", " ".join(
             f"{k}={v}" for k, v in version.items() if k != "name" and v is not None)])
     for key, value in info["hardware"].items():
-        rows.append([f"hardware.{key}", json.dumps(value) if isinstance(value, list) else value])
+        rows.append([f"hardware.{key}", dumps_json(value, indent=None) if isinstance(value, list) else value])
     for key, value in sorted(info["framework_versions"].items()):
         rows.append([f"framework.{key}", value])
     for warning in info["warnings"]:

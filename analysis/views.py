@@ -6,13 +6,14 @@ commands never run DDL: against a database that was never migrated they say to r
 `runstream migrate` (`runstream.consumer.migrations.require_migrated`). The views only read the
 fact tables and the `metric_summary` rollup, so they hold no data.
 
-- `run_metrics`: one row per (run, metric): final value (at the last step, NaN kept), min and
-  max (NaN skipped; NULL when every value is NaN) with the earliest step reaching each.
+- `run_metrics`: one row per (run, metric): final value (at the last step, NaN and ±Inf kept), min
+  and max of the finite values (NULL when no value was finite) with the earliest step reaching each.
 - `run_overview`: one row per run with params, final and best metrics and GPU-hours as Map
   columns (`params['lr']`, `final['acc']`), so a project with any params fits one fixed schema;
   a missing key reads as NULL, never as 0.
 - `leaderboard(project, metric, mode)`: a parameterised view ranking a project's runs by the
-  best value of a metric (mode 'min' or 'max'); ties go to the run that got there at an earlier step.
+  best finite value of a metric (mode 'min' or 'max'); ties go to the run that got there at an
+  earlier step; runs without a finite value are left out.
 - `metric_curve(metric, runs, points)`: a parameterised view downsampling each run's curve to at
   most `points` points with ClickHouse's largestTriangleThreeBuckets (which keeps the peaks a
   plot needs, unlike a stride); NaN and ±Inf points are left out of the curve.
@@ -21,12 +22,45 @@ fact tables and the `metric_summary` rollup, so they hold no data.
 from __future__ import annotations
 
 from runstream.consumer.table_spec import View
+from runstream.monitoring.finite_values import (
+    finite_max_sql,
+    finite_min_sql,
+    finite_sql,
+    step_of_max_sql,
+    step_of_min_sql,
+)
 from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
 
 # View selects name tables and views as {name} and carry ClickHouse query parameters as {{name:Type}}
 # (runstream.consumer.migrations.create_view_sql fills in the names).
 
-# Per (run, metric) from the rollup the consumer maintains: cheap at any number of points.
+# Per (run, metric) from the rollup the consumer maintains: cheap at any number of points. min/max
+# rank finite values only (runstream.monitoring.finite_values). The rollup skips NaN but keeps ±Inf,
+# so the (rare) pairs that ever received an infinite value are recomputed from the raw points with
+# FINAL, where the finite rule is exact. Every other pair never held an infinity, so its rollup
+# min/max (exact for re-logged steps in metric_summary) are already the finite ones. The pairs are
+# found from the states' plain min/max columns (no state merge), the same set in both branches.
+_INFINITE_PAIRS = """
+    SELECT run_id, metric FROM {metric_summary_states}
+    GROUP BY run_id, metric
+    HAVING NOT isFinite(min(min_value_state)) OR NOT isFinite(max(max_value_state))
+"""
+
+# The summary columns computed from the raw points with FINAL, under the finite rule: the exact
+# definition, used by the view for pairs that saw an infinity and by the tests as the reference.
+_FROM_POINTS = """
+SELECT
+    run_id,
+    metric,
+    argMax(value, step) AS final_value,
+    max(step) AS last_step,
+    {finite_min} AS min_value,
+    {finite_max} AS max_value,
+    if(min_value IS NULL, NULL, {step_of_min}) AS step_of_min,
+    if(max_value IS NULL, NULL, {step_of_max}) AS step_of_max
+FROM {points} FINAL
+"""
+
 _RUN_METRICS = """
 SELECT
     run_id,
@@ -38,22 +72,17 @@ SELECT
     step_of_min,
     step_of_max
 FROM {metric_summary}
-"""
+WHERE (run_id, metric) NOT IN ({infinite_pairs})
+UNION ALL
+{from_points}
+WHERE (run_id, metric) IN ({infinite_pairs})
+GROUP BY run_id, metric
+""".replace("{infinite_pairs}", _INFINITE_PAIRS).replace(
+    "{from_points}", _FROM_POINTS.replace("{points}", "{metric_points}").strip()
+)
 
 # The same columns from the raw points with FINAL: what the rollup must agree with (the tests compare).
-RUN_METRICS_FROM_POINTS_SQL = """
-SELECT
-    run_id,
-    metric,
-    argMax(value, step) AS final_value,
-    max(step) AS last_step,
-    min(if(isNaN(value), NULL, value)) AS min_value,
-    max(if(isNaN(value), NULL, value)) AS max_value,
-    if(min_value IS NULL, NULL, argMin(step, (isNaN(value), value, step))) AS step_of_min,
-    if(max_value IS NULL, NULL, argMax(step, (NOT isNaN(value), value, -step))) AS step_of_max
-FROM {db}.metric_points FINAL
-GROUP BY run_id, metric
-"""
+RUN_METRICS_FROM_POINTS_SQL = _FROM_POINTS.replace("{points}", "{db}.metric_points") + "GROUP BY run_id, metric\n"
 
 _RUN_OVERVIEW = """
 SELECT
@@ -135,7 +164,7 @@ FROM (
         WHERE metric = {{metric:String}}
           AND run_id IN (SELECT run_id FROM {runs} WHERE project = {{project:String}})
     ) AS m ON m.run_id = o.run_id
-    WHERE best_value IS NOT NULL
+    WHERE best_value IS NOT NULL AND {finite_best}
 )
 ORDER BY rank
 """
@@ -152,8 +181,18 @@ ARRAY JOIN curve AS point
 """
 
 
+def _finite_rules(select: str) -> str:
+    """Fill in the finite-value rule (runstream.monitoring.finite_values): the one definition of what ranks."""
+    return (select.replace("{finite_min}", finite_min_sql()).replace("{finite_max}", finite_max_sql())
+            .replace("{step_of_min}", step_of_min_sql()).replace("{step_of_max}", step_of_max_sql())
+            .replace("{finite_best}", finite_sql("best_value")))
+
+
+RUN_METRICS_FROM_POINTS_SQL = _finite_rules(RUN_METRICS_FROM_POINTS_SQL)
+
+
 def _view(name: str, select: str) -> View:
-    return View(name, select.replace("{gpu_seconds_by_run}", gpu_seconds_by_run_sql("{gpu_samples}")))
+    return View(name, _finite_rules(select).replace("{gpu_seconds_by_run}", gpu_seconds_by_run_sql("{gpu_samples}")))
 
 
 RUN_METRICS = _view("run_metrics", _RUN_METRICS)

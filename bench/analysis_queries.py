@@ -2,12 +2,19 @@
 
     .venv/bin/python bench/analysis_queries.py                       # 1,000 runs x 100,000 steps x 2 metrics
     .venv/bin/python bench/analysis_queries.py --points 10000000     # a quick run: fewer steps per run
+    .venv/bin/python bench/analysis_queries.py --points 10000000 --redeliver-runs 1000 --relog-runs 100
     /tmp/mlvenv/bin/python bench/analysis_queries.py --mlflow --reuse      # + MLflow side by side
 
 The project is written with INSERT ... SELECT FROM numbers() into the real tables (so the consumer's
 materialized views run as they do in production), in slices of runs to bound memory. Each question is
 timed as the CLI answers it (the same Python functions, including their validation queries), after
 one warm-up, and the median of --repeat runs is printed as a markdown table.
+
+--redeliver-runs N delivers the last tenth of the steps of N runs a second time (a consumer that
+crashed before committing); --relog-runs M has M runs resume and log the last fifth of their steps
+again a day later with other values. The view then summarises those (run, metric) pairs from
+`metric_points FINAL` instead of the rollup (consumer/migrations.py, METRIC_SUMMARY): the timings show
+what that costs, and the run checks that the leaderboard equals one computed from FINAL.
 
 --mlflow (needs `pip install mlflow scipy`): a smaller project (--mlflow-runs x --mlflow-steps x
 --metrics, default 100 x 2,000 x 2 = 400,000 points) is generated the same way into a second
@@ -33,7 +40,9 @@ from typing import Any
 
 from runstream.analysis import queries
 from runstream.analysis.importance import eta_squared, importance
+from runstream.analysis.views import RUN_METRICS_FROM_POINTS_SQL
 from runstream.consumer import ClickHouseSink
+from runstream.consumer.migrations import SUSPECT_PAIRS
 
 PROJECT = "bench"
 METRICS = ("acc", "loss", "lr_sched", "grad_norm")
@@ -52,6 +61,34 @@ _VALUES = {
     "lr_sched": f"{_LR} * (1 - step / {{steps}})",
     "grad_norm": "1 + randCanonical()",
 }
+
+
+#: Shifts of a re-logged value by metric: a resumed run does not retrace its curve exactly.
+_RELOGGED = {"acc": "value - 0.02", "loss": "value + 0.05", "lr_sched": "value", "grad_norm": "value * 1.1"}
+
+
+def redeliveries(runs: int, steps: int, metrics: int, redeliver_runs: int, relog_runs: int) -> int:
+    """Rows the faults add to the points generated: what `deliveries` sums to on top of runs x steps x metrics."""
+    return (min(redeliver_runs, runs) * (steps - steps * 9 // 10) + min(relog_runs, runs) * (steps - steps * 4 // 5)) \
+        * metrics
+
+
+def add_faults(client: Any, db: str, runs: int, steps: int, redeliver_runs: int, relog_runs: int) -> None:
+    """Deliver the tail of the first N runs again (same rows), and have the last M runs re-log their last fifth."""
+    run_id = "concat('run-', leftPad(toString(number), 6, '0'))"
+    if redeliver_runs:
+        client.command(
+            f"INSERT INTO {db}.metric_points (run_id, metric, step, value, time) "  # noqa: S608
+            f"SELECT run_id, metric, step, value, time FROM {db}.metric_points FINAL "
+            f"WHERE run_id IN (SELECT {run_id} FROM numbers({min(redeliver_runs, runs)})) "
+            f"AND step >= {steps * 9 // 10}")
+    if relog_runs:
+        shifted = "multiIf(" + ", ".join(f"metric = '{m}', {e}" for m, e in _RELOGGED.items()) + ", value)"
+        client.command(
+            f"INSERT INTO {db}.metric_points (run_id, metric, step, value, time) "  # noqa: S608
+            f"SELECT run_id, metric, step, {shifted}, time + toIntervalDay(1) FROM {db}.metric_points FINAL "
+            f"WHERE run_id IN (SELECT {run_id} FROM numbers({runs - min(relog_runs, runs)}, {min(relog_runs, runs)})) "
+            f"AND step >= {steps * 4 // 5}")
 
 
 def generate(client: Any, db: str, runs: int, steps: int, metrics: int, slice_runs: int) -> None:
@@ -92,6 +129,21 @@ def generate(client: Any, db: str, runs: int, steps: int, metrics: int, slice_ru
     client.command(f"OPTIMIZE TABLE {db}.metric_summary_states FINAL")
 
 
+def check_faults(client: Any, db: str, board: Any) -> str:
+    """How many summaries the faults made suspect (recomputed from FINAL); the leaderboard checked against FINAL."""
+    delivered = client.query(f"SELECT sum(deliveries_state) FROM {db}.metric_summary_states").result_rows[0][0]  # noqa: S608
+    suspect = SUSPECT_PAIRS.format(metric_summary_states=f"{db}.metric_summary_states")
+    recomputed = client.query(f"SELECT count() FROM ({suspect})").result_rows[0][0]  # noqa: S608
+    exact = client.query(
+        f"SELECT run_id, max_value FROM ({RUN_METRICS_FROM_POINTS_SQL.replace('{db}', db)}) "  # noqa: S608
+        f"WHERE metric = 'acc' AND max_value IS NOT NULL ORDER BY max_value DESC, step_of_max, run_id LIMIT 10"
+    ).result_rows
+    if [(row[1], row[4]) for row in board.rows] != [tuple(row) for row in exact]:
+        raise SystemExit(f"the leaderboard disagrees with FINAL over metric_points: {board.rows} vs {exact}")
+    return (f"; {delivered:,} rows delivered, {recomputed:,} (run, metric) summaries with a step delivered twice "
+            "(recomputed from FINAL when read); leaderboard equal to FINAL's")
+
+
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     result = fn()  # warm-up (and the result, for the sanity column)
     times = []
@@ -103,19 +155,24 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def prepare(client: Any, db: str, runs: int, steps: int, metrics: int, slice_runs: int,
-            reuse: bool) -> tuple[int, int]:
-    """Generate the project into `db` (unless --reuse finds one of this size); points and bytes on disk."""
-    have = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
+            reuse: bool, redeliver_runs: int = 0, relog_runs: int = 0) -> tuple[int, int]:
+    """Generate the project into `db` (unless --reuse finds one of this size and these faults); points and
+    bytes on disk."""
     want = runs * steps * metrics
-    if not (reuse and have == want):
+    delivered = want + redeliveries(runs, steps, metrics, redeliver_runs, relog_runs)
+    have = client.query(f"SELECT count() FROM {db}.metric_points FINAL").result_rows[0][0]  # noqa: S608
+    had = client.query(f"SELECT sum(deliveries_state) FROM {db}.metric_summary_states").result_rows[0][0]  # noqa: S608
+    if not (reuse and have == want and had == delivered):
         for table in ("runs", "run_params", "run_finishes", "metric_points", "metric_summary_states"):
             client.command(f"TRUNCATE TABLE {db}.{table}")
         print(f"generating {runs:,} runs x {steps:,} steps x {metrics} metrics = {want:,} points into {db} ...",
               file=sys.stderr)
         start = time.monotonic()
         generate(client, db, runs, steps, metrics, slice_runs)
+        add_faults(client, db, runs, steps, redeliver_runs, relog_runs)
+        client.command(f"OPTIMIZE TABLE {db}.metric_summary_states FINAL")  # merged, as background merges leave it
         print(f"  generated in {time.monotonic() - start:.0f}s", file=sys.stderr)
-    points = client.query(f"SELECT count() FROM {db}.metric_points").result_rows[0][0]  # noqa: S608
+    points = client.query(f"SELECT count() FROM {db}.metric_points FINAL").result_rows[0][0]  # noqa: S608
     size = client.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {db:String} AND active",
                         parameters={"db": db}).result_rows[0][0]
     return points, size
@@ -421,6 +478,10 @@ def main() -> int:
     parser.add_argument("--mlflow-dir", default=str(Path(tempfile.gettempdir()) / "runstream-bench-mlflow"),
                         help="folder of the MLflow sqlite store (emptied and reloaded every run)")
     parser.add_argument("--no-large", action="store_true", help="with --mlflow: skip the large-scale runstream table")
+    parser.add_argument("--redeliver-runs", type=int, default=0,
+                        help="deliver the last tenth of the steps of this many runs twice")
+    parser.add_argument("--relog-runs", type=int, default=0,
+                        help="this many runs log the last fifth of their steps again, a day later, other values")
     args = parser.parse_args()
     steps = args.points // (args.runs * args.metrics) if args.points else args.steps
 
@@ -430,13 +491,15 @@ def main() -> int:
     if args.mlflow and args.no_large:
         print("\n".join(side_by_side))
         return 0
-    points, size = prepare(client, db, args.runs, steps, args.metrics, args.slice_runs, args.reuse)
+    points, size = prepare(client, db, args.runs, steps, args.metrics, args.slice_runs, args.reuse,
+                           args.redeliver_runs, args.relog_runs)
     results = time_all(runstream_questions(client, db, args.runs), args.repeat, "runstream")
+    faults = check_faults(client, db, results[0][2]) if args.redeliver_runs or args.relog_runs else ""
 
     print("\n".join(side_by_side))
     print(f"\nrunstream analysis queries: {points:,} points, {args.runs:,} runs, {steps:,} steps x {args.metrics} "
           f"metrics ({size / 2**30:.2f} GiB on disk), chDB {client.query('SELECT version()').result_rows[0][0]}, "
-          f"median of {args.repeat}\n")
+          f"median of {args.repeat}{faults}\n")
     print("| question | runstream median (ms) | result |")
     print("|---|---:|---|")
     for label, median_ms, _, shown in results:

@@ -22,6 +22,8 @@ except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError("building dashboards needs grafanalib: pip install 'runstream[dashboards]'") from error
 
 from runstream.monitoring import cost, drift
+from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
+from runstream.monitoring.metric_direction import lower_is_better_sql
 
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 PROMETHEUS = {"type": "prometheus", "uid": "${prometheus}"}
@@ -89,16 +91,22 @@ FROM {DB}.metric_points AS p FINAL
 INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
 WHERE $__timeFilter(p.time) AND {_in('p.metric', 'metric')}
 ORDER BY time""", ("time", "series", "value"), width=24),
+    # Ranked by the best finite value (min for loss-like names, else max); final as logged, NaN/±Inf
+    # included; runs without a finite value are left out (runstream.monitoring.finite_values).
     Query("Leaderboard", f"""
-SELECT r.run_name AS run, p.metric AS metric, argMax(p.value, p.step) AS final, min(p.value) AS min,
-       max(p.value) AS max, max(p.step) AS last_step, ifNull(any(f.status), 'running') AS status
+SELECT r.run_name AS run, p.metric AS metric, argMax(p.value, p.step) AS final,
+       {finite_min_sql('p.value')} AS min_value, {finite_max_sql('p.value')} AS max_value,
+       if({lower_is_better_sql('p.metric')}, min_value, max_value) AS best,
+       max(p.step) AS last_step, ifNull(any(f.status), 'running') AS status
 FROM {DB}.metric_points AS p FINAL
 INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
 LEFT JOIN {_STATUS} AS f ON p.run_id = f.run_id
 WHERE {_in('p.metric', 'metric')}
 GROUP BY run, metric
-ORDER BY metric, final DESC
-SETTINGS join_use_nulls = 1""", ("run", "metric", "final", "min", "max", "last_step", "status"), "table"),
+HAVING best IS NOT NULL
+ORDER BY metric, if({lower_is_better_sql('metric')}, best, -best), run
+SETTINGS join_use_nulls = 1""", ("run", "metric", "final", "min_value", "max_value", "best", "last_step", "status"),
+          "table"),
     Query("Params of the selected runs", f"""
 SELECT r.run_name AS run, p.key AS param, p.value_string AS value
 FROM {DB}.run_params AS p FINAL

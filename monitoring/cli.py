@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runstream.analysis.cli import clickhouse_errors
 from runstream.consumer.dsn import default_dsn
 from runstream.output import FORMATS, render
 
@@ -101,6 +102,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+@clickhouse_errors
 def cmd_cost(args: argparse.Namespace) -> int:
     from runstream.monitoring import cost
 
@@ -120,6 +122,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+@clickhouse_errors
 def cmd_drift(args: argparse.Namespace) -> int:
     from runstream.monitoring import drift
 

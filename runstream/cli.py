@@ -427,6 +427,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@analysis_cli.clickhouse_errors  # bad SQL: ClickHouse's message and code in one line, exit 2
 def _cmd_query(args: argparse.Namespace) -> int:
     from runstream.consumer.dsn import connect
 

@@ -1,5 +1,8 @@
 """The run comparison the demo prints: params, final and best metrics, GPU-hours, one row per run.
 
+Best is the min (loss-like names) or max of the finite values; a metric that was only ever NaN or
+±Inf has no best (empty), as everywhere runs are ranked (runstream.monitoring.finite_values).
+
 The numbers come from SQL over the stored tables (FINAL, so redelivered events never count
 twice); Python only pivots metrics into columns.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
 from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
 from runstream.monitoring.metric_direction import lower_is_better
 
@@ -32,13 +36,15 @@ WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
 ORDER BY run_id, key
 """
 
-METRICS_SQL = """
-SELECT run_id, metric, argMax(value, step) AS final, max(value) AS highest, min(value) AS lowest,
+# Final values as logged (NaN and ±Inf kept); best from the finite values only, NULL when there are
+# none (runstream.monitoring.finite_values: the rule every ranking follows).
+METRICS_SQL = f"""
+SELECT run_id, metric, argMax(value, step) AS final, {finite_max_sql()} AS highest, {finite_min_sql()} AS lowest,
        max(step) AS last_step, count() AS points
-FROM {db}.metric_points FINAL
-WHERE run_id IN (SELECT run_id FROM {db}.runs FINAL WHERE {runs_filter})
+FROM {{db}}.metric_points FINAL
+WHERE run_id IN (SELECT run_id FROM {{db}}.runs FINAL WHERE {{runs_filter}})
 GROUP BY run_id, metric
-"""
+"""  # noqa: S608 - the module's own text
 
 # GPU-hours by the one definition (runstream.monitoring.gpu_hours: gaps over MAX_GAP_S not held).
 _RUNS_GPU_SECONDS = gpu_seconds_by_run_sql(
@@ -69,7 +75,7 @@ def compare_project(client: Any, database: str, project: str, run_ids: list[str]
     run_params: dict[str, list[str]] = {}
     for run_id, key, value in param_rows:
         run_params.setdefault(run_id, []).append(f"{key}={value}")
-    metrics: dict[str, dict[str, tuple[float, float]]] = {}
+    metrics: dict[str, dict[str, tuple[float, float | None]]] = {}
     names: set[str] = set()
     for run_id, metric, final, highest, lowest, _last, _points in metric_rows:
         best = lowest if lower_is_better(metric) else highest

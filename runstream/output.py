@@ -1,4 +1,18 @@
-"""Renders query results for a terminal (aligned table), a spreadsheet (CSV) or a program (JSON)."""
+"""Renders query results for a terminal (aligned table), a spreadsheet (CSV) or a program (JSON).
+
+One encoding of values per format, used by every command that prints rows (runs, compare, best,
+importance, reproduce, query, cost, drift):
+
+- table: numbers rounded for display (4 significant decimals); the table says so in a footer line.
+- CSV: exact. Floats as their shortest round-trip text (`repr`), so `float(cell)` gives back the
+  very value logged (5e-324, -0.0, 1e308 included); NaN and infinities as `nan`, `inf`, `-inf`
+  (which `float()` reads); bools as `true`/`false`; ints as ints; None (nothing logged, or a param
+  logged as None) as an empty field; lists and maps as strict JSON text.
+- JSON: strict RFC 8259 (`json.dumps(..., allow_nan=False)`): numbers exact; NaN and infinities,
+  which JSON has no numbers for, as the strings "NaN", "Infinity" and "-Infinity"; None as null.
+  `json_value` and `dumps_json` are the only JSON encoders commands use, so every command (and
+  `reproduce --config-out`) writes the same representation.
+"""
 
 from __future__ import annotations
 
@@ -6,56 +20,132 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
+from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 FORMATS = ("table", "csv", "json")
+JSON_NAN = "NaN"
+JSON_INFINITY = "Infinity"
+JSON_NEG_INFINITY = "-Infinity"
+ROUNDED_NOTE = "numbers rounded for display; use --format csv or json for exact values"
 
 
-def _cell(value: Any) -> str:
+def _float_text(value: float) -> str:
+    """The shortest text that `float()` reads back as exactly `value`; nan/inf/-inf for the others."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def _as_float(value: Any) -> float | None:
+    """numpy scalars and Decimals that are floats in disguise, as floats (None for anything else)."""
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Decimal):
+        return None
+    type_name = type(value).__name__
+    if type_name.startswith("float") and hasattr(value, "item"):  # numpy.float32/64
+        return float(value)
+    return None
+
+
+def _display(value: Any) -> str:
+    """A table cell: numbers rounded for reading, never for storing."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-            return f"{value:.4g}"
-        return f"{value:.4f}".rstrip("0").rstrip(".")
-    if isinstance(value, datetime | date):
-        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    number = _as_float(value)
+    if number is not None:
+        if math.isnan(number) or math.isinf(number):
+            return _float_text(number)
+        if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e6):
+            return f"{number:.4g}"
+        text = f"{number:.4f}".rstrip("0").rstrip(".")
+        return "-0" if text == "-0" and math.copysign(1.0, number) < 0 else text
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list | tuple | dict):
+        return dumps_json(value, indent=None)
     return str(value)
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+def csv_cell(value: Any) -> str:
+    """A CSV field that parses back (csv + float()/int()) to exactly `value`; see the module docstring."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    number = _as_float(value)
+    if number is not None:
+        return _float_text(number)
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | tuple | dict):
+        return dumps_json(value, indent=None)
+    return str(value)
+
+
+def json_value(value: Any) -> Any:
+    """`value` made of what strict JSON holds: NaN/±Inf as "NaN"/"Infinity"/"-Infinity", times as ISO text."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    number = _as_float(value)
+    if number is not None:
+        if math.isnan(number):
+            return JSON_NAN
+        if math.isinf(number):
+            return JSON_INFINITY if number > 0 else JSON_NEG_INFINITY
+        return number
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and value.is_finite() else str(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    return value
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_value(v) for v in value]
+    if isinstance(value, uuid.UUID | IPv4Address | IPv6Address):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy ints and bools
+        return json_value(value.item())
+    return str(value)
+
+
+def dumps_json(value: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """Strict RFC 8259 JSON of `value` (allow_nan=False cannot fail: json_value replaced NaN/±Inf)."""
+    return json.dumps(json_value(value), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "json":
-        return json.dumps([{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows], indent=2)
+        return dumps_json([dict(zip(columns, row, strict=True)) for row in rows])
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(v) for v in row])
+            writer.writerow([csv_cell(v) for v in row])
         return buffer.getvalue().rstrip("\n")
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[_display(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
                for i in range(len(columns))]
@@ -68,4 +158,6 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "ta
     out = [line(columns), "  ".join("-" * w for w in widths)]
     out.extend(line(r) for r in cells)
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    if any(_as_float(v) is not None and _display(v) != _float_text(float(v)) for row in rows for v in row):
+        out.append(f"({ROUNDED_NOTE})")
     return "\n".join(out)

@@ -361,14 +361,14 @@ def test_compare_marks_differing_params_and_shows_final_and_best(dsn: str, capsy
         finals = [rows[f"{metric} final"][n] for n in names]
         for name, got in zip(names, finals, strict=True):
             want = BY_NAME[name].final(metric)
-            assert got == "nan" if want is not None and math.isnan(want) else got == want
+            assert got == "NaN" if want is not None and math.isnan(want) else got == want
         best = [rows[f"{metric} best ({mode})"][n] for n in names]
         assert best == [BY_NAME[n].best(metric, mode)[0] for n in names]  # type: ignore[index]
         steps = [rows[f"{metric} best step"][n] for n in names]
         assert steps == [BY_NAME[n].best(metric, mode)[1] for n in names]  # type: ignore[index]
     two = run_cli(capsys, "compare", "alpha", "epsilon", "--metric", "acc", "--clickhouse", dsn)[1]
     amp = next(line for line in two.splitlines() if line.startswith("params.amp"))
-    assert amp.split()[1:] == ["True", "True"], "same value: no mark"
+    assert amp.split()[1:] == ["true", "true"], "same value: no mark"
     lr = next(line for line in two.splitlines() if line.startswith("params.lr"))
     assert lr.rstrip().endswith("*")
     assert "loss" not in two
