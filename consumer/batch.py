@@ -17,39 +17,15 @@ import numpy as np
 import pyarrow as pa
 
 from runstream.consumer.column_checks import TableChecks, Violation, build_checks
+from runstream.consumer.migrations import FACT_TABLES
+from runstream.consumer.monitoring_tables import DRIFT_TABLES
 
 MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is rejected
 
+#: The tables events are written to and their columns in insert order, read from the table specs
+#: (consumer/migrations.py, consumer/monitoring_tables.py): adding a column is one edit of its spec.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "runs": (
-        "run_id", "project", "run_name", "user", "host", "started_at", "git_commit", "git_branch",
-        "git_dirty", "tags", "framework_versions", "command_line", "cpu_model", "cpu_count",
-        "memory_bytes", "gpu_count", "data_versions", "event_id", "git_diff_sha256", "rank", "local_rank",
-        "world_size", "scheduler", "resumed",
-    ),
-    "run_data_versions": ("run_id", "name", "version", "uri", "digest", "logged_at"),
-    "run_params": ("run_id", "key", "value_type", "value_number", "value_string", "updated_at"),
-    "metric_points": ("run_id", "metric", "step", "value", "time"),
-    "gpu_samples": (
-        "run_id", "host", "gpu_index", "time", "gpu_uuid", "gpu_model", "utilization_pct",
-        "memory_used_bytes", "memory_total_bytes", "power_w", "temperature_c", "sm_clock_mhz",
-        "memory_clock_mhz", "power_limit_w", "throttle_reasons", "process_memory_bytes",
-    ),
-    "host_samples": (
-        "run_id", "host", "time", "host_cpu_pct", "host_memory_used_bytes", "host_memory_total_bytes",
-        "process_rss_bytes",
-    ),
-    "run_finishes": ("run_id", "finished_at", "status", "exit_code", "error", "summary"),
-    "drift_references": (
-        "model", "version", "feature", "kind", "run_id", "logged_at", "cut_points", "categories", "counts",
-        "total", "missing", "mean", "std", "min", "max", "sample",
-    ),
-    "drift_baselines": ("model", "version", "metric", "value", "run_id", "logged_at"),
-    "prediction_samples": (
-        "model", "version", "time", "sample_id", "host", "sample_rate", "prediction_value", "prediction_class",
-        "label_value", "label_class",
-    ),
-    "prediction_features": ("model", "version", "feature", "time", "sample_id", "value", "category"),
+    table.name: table.column_names for table in (*FACT_TABLES, *DRIFT_TABLES)
 }
 
 

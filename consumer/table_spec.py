@@ -38,6 +38,11 @@ class Table:
     settings: tuple[str, ...] = ()
     sharding: str = BY_RUN
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The columns' names in declaration order (each definition starts with its name)."""
+        return tuple(definition.split(None, 1)[0] for definition in self.columns)
+
 
 @dataclass(frozen=True)
 class MaterializedView:
