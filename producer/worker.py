@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -128,6 +129,23 @@ class _Bell:
 
     def wait(self, timeout: float) -> bool:
         return self._lock.acquire(timeout=max(timeout, 0.0))
+
+
+#: The longest single wait of a caller (the training thread). The kernel hands a process-directed
+#: SIGTERM to any thread that does not block it, often the worker's; the main thread then runs the
+#: Python handler only when its own wait returns, so a caller never waits longer than this at once.
+SIGNAL_CHECK_S = 0.1
+
+
+def _acquire_by(lock: Any, until: float) -> bool:
+    """Acquire `lock` by the monotonic time `until`, waking every SIGNAL_CHECK_S so that a signal
+    delivered to another thread is handled within that time, not after the whole wait."""
+    while True:
+        left = until - time.monotonic()
+        if lock.acquire(timeout=max(min(left, SIGNAL_CHECK_S), 0.0)):
+            return True
+        if left <= SIGNAL_CHECK_S:
+            return False
 
 
 @dataclass
@@ -344,14 +362,14 @@ class EventWorker:
         self._requests.append(request)
         self._bell.ring()
         wait_until = deadline + DRAIN_GRACE_S if shutdown is None else shutdown
-        if request.done.acquire(timeout=max(wait_until - time.monotonic(), 0.0)):
+        if _acquire_by(request.done, wait_until):
             return request.undelivered
         log.warning("runstream: the worker did not finish a flush in time; %d items still queued", len(self._queue))
         return max(1, len(self._queue))
 
     def _serve_inline(self, request: _Request) -> int:
         """The worker thread is gone (closed, or never started in this process): do its work here."""
-        if not self._flush_lock.acquire(timeout=max(request.deadline - time.monotonic(), 0.0)):
+        if not _acquire_by(self._flush_lock, request.deadline):
             return max(1, len(self._queue))
         try:
             self._serve([request])
@@ -362,6 +380,11 @@ class EventWorker:
     # -- worker side -------------------------------------------------------------------
 
     def _loop(self) -> None:
+        # Leave SIGTERM and SIGINT to the training thread, whose handler acts on them at once
+        # (Python runs handlers in the main thread only; a signal the kernel gave this thread waits
+        # for the main thread's next check).
+        if hasattr(signal, "pthread_sigmask"):  # POSIX
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         while True:
             self._bell.wait(self._settings.flush_interval_s)
             with self._flush_lock:
