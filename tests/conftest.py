@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from databases import fresh_database_dsn
 from fault_table import FaultTable
 from fault_table import from_environment as fault_table_from_environment
 from kafka_cluster import ClusterError, KafkaCluster
@@ -82,10 +83,7 @@ def clickhouse_base(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def clickhouse_dsn(clickhouse_base: str) -> str:
     """A DSN naming a database of its own, so tests never see each other's rows."""
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    if clickhouse_base.startswith("chdb:"):
-        return f"{clickhouse_base}?database={database}"
-    return f"{clickhouse_base}/{database}"
+    return fresh_database_dsn(clickhouse_base)
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import fresh_database_dsn
 
 import runstream
 from runstream.analysis import queries
@@ -121,9 +121,7 @@ def log_runs(spool: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = f"{clickhouse_base}?database={database}" if clickhouse_base.startswith("chdb:") \
-        else f"{clickhouse_base}/{database}"
+    dsn = fresh_database_dsn(clickhouse_base)
     spool = tmp_path_factory.mktemp("analysis-spool")
     log_runs(spool)
     sink = ClickHouseSink(dsn)

@@ -10,7 +10,6 @@ import enum
 import json
 import shutil
 import subprocess
-import time
 import types
 import typing
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from databases import fresh_database_dsn
 
 from runstream.consumer import connect
 from runstream.dashboards import build, preview
@@ -26,8 +26,7 @@ from runstream.dashboards import build, preview
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory, clickhouse_base: str) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("dash")
-    dsn = f"{clickhouse_base}?database=dash_{int(time.time() * 1000)}" if clickhouse_base.startswith("chdb:") \
-        else f"{clickhouse_base}/dash_{int(time.time() * 1000)}"
+    dsn = fresh_database_dsn(clickhouse_base, "dash")
     client, db = connect(dsn)
     preview.load_demo(client, db, dsn, tmp / "spool")
     return {"client": client, "db": db}

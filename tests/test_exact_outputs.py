@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import fresh_database_dsn
 
 import runstream
 from runstream.analysis.reproduce import nest
@@ -138,9 +139,7 @@ def log_workload(spool: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = f"{clickhouse_base}?database={database}" if clickhouse_base.startswith("chdb:") \
-        else f"{clickhouse_base}/{database}"
+    dsn = fresh_database_dsn(clickhouse_base)
     spool = tmp_path_factory.mktemp("exact-spool")
     log_workload(spool)
     sink = ClickHouseSink(dsn)

@@ -16,13 +16,13 @@ import datetime as dt
 import io
 import json
 import math
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import fresh_database_dsn
 
 import runstream
 from runstream.analysis import queries
@@ -110,9 +110,7 @@ def same(a: Any, b: float) -> bool:
 
 @pytest.fixture(scope="module")
 def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    database = f"fin_{uuid.uuid4().hex[:12]}"
-    dsn = f"{clickhouse_base}?database={database}" if clickhouse_base.startswith("chdb:") \
-        else f"{clickhouse_base}/{database}"
+    dsn = fresh_database_dsn(clickhouse_base, "fin")
     spool = tmp_path_factory.mktemp("finite-spool")
     for spec in RUNS:
         run = runstream.init(spec.project, spec.name, params=spec.params, spool=str(spool), sample_interval=0)
