@@ -73,6 +73,15 @@ class Check:
     def array(self, array: np.ndarray[Any, Any]) -> tuple[int, Problem] | None:
         return self.values(array.tolist())
 
+    def first_flagged(self, array: np.ndarray[Any, Any], bad: np.ndarray[Any, Any]) -> tuple[int, Problem] | None:
+        """The first position a vectorised test flagged, with `value`'s words for it (None when none was)."""
+        if not bad.any():
+            return None
+        position = int(np.argmax(bad))
+        problem = self.value(array[position].item())
+        assert problem is not None
+        return position, problem
+
 
 class IntegerCheck(Check):
     def __init__(self, type_name: str) -> None:
@@ -115,12 +124,7 @@ class IntegerCheck(Check):
             bad = ~np.isfinite(array) | (array != np.floor(array)) | (array < self.low) | (array > self.high)
         else:
             return super().array(array)
-        if not bad.any():
-            return None
-        position = int(np.argmax(bad))
-        problem = self.value(array[position].item())
-        assert problem is not None
-        return position, problem
+        return self.first_flagged(array, bad)
 
 
 class FloatCheck(Check):
@@ -153,12 +157,7 @@ class FloatCheck(Check):
             return None  # a float64 or int64 array always fits a Float64
         magnitude = np.abs(array.astype(np.float64, copy=False))
         bad = (magnitude > self.limit) & np.isfinite(magnitude)
-        if not bad.any():
-            return None
-        position = int(np.argmax(bad))
-        problem = self.value(array[position].item())
-        assert problem is not None
-        return position, problem
+        return self.first_flagged(array, bad)
 
 
 class DateTimeCheck(IntegerCheck):
