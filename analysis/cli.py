@@ -2,34 +2,31 @@
 
 runs, compare, best, importance, reproduce, report: each takes --format table|csv|json and
 --clickhouse DSN, reports mistakes as one readable line naming the field and value (exit 2 through
-runstream.cli.main), and shows progress on stderr when it takes over a second.
+runstream.cli.main), and shows progress on stderr when it takes over a second and stderr is a terminal
+(or --progress; runstream.progress).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runstream.analysis.progress import Progress
-from runstream.consumer.dsn import default_dsn
+from runstream.consumer.clickhouse_settings import add_clickhouse_option
 from runstream.output import FORMATS, dumps_json, render
+from runstream.progress import Stages, add_option
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
-    parser.add_argument(
-        "--clickhouse", default=os.environ.get("RUNSTREAM_CLICKHOUSE") or default_dsn(), metavar="DSN",
-        help="ClickHouse to read: chdb:///abs/path (embedded, default %(default)s) or "
-        "http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE]",
-    )
+    add_clickhouse_option(parser)
+    add_option(parser)
 
 
 _WHERE_HELP = """\
@@ -143,11 +140,14 @@ def clickhouse_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _open(args: argparse.Namespace, progress: Progress) -> tuple[Any, str]:
-    from runstream.analysis.queries import open_database
+def _open(args: argparse.Namespace, progress: Stages) -> tuple[Any, str]:
+    from runstream.consumer.clickhouse_settings import connect_clickhouse
+    from runstream.consumer.migrations import require_migrated
 
     progress.step("connecting")
-    return open_database(args.clickhouse)
+    client, database = connect_clickhouse(args)  # a read: no DDL, and a database without the views is refused
+    require_migrated(client, database)
+    return client, database
 
 
 def _print(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
@@ -158,7 +158,7 @@ def _print(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from runstream.analysis import queries
 
-    with Progress("runstream runs") as progress:
+    with Stages("runstream runs", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("querying")
         table = queries.runs(client, db, project=args.project, where=args.where, sort=args.sort, limit=args.limit)
@@ -170,7 +170,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from runstream.analysis import queries
 
-    with Progress("runstream compare") as progress:
+    with Stages("runstream compare", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("querying")
         table = queries.compare(client, db, args.runs, args.metric)
@@ -182,7 +182,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     from runstream.analysis import queries
 
-    with Progress("runstream best") as progress:
+    with Stages("runstream best", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("ranking")
         table = queries.leaderboard(client, db, args.project, args.metric, args.mode, args.limit or None)
@@ -209,7 +209,7 @@ def _left_out_note(command: str, args: argparse.Namespace, left_out: int) -> Non
 def cmd_importance(args: argparse.Namespace) -> int:
     from runstream.analysis.importance import NOTE, importance
 
-    with Progress("runstream importance") as progress:
+    with Stages("runstream importance", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("correlating")
         table = importance(client, db, args.project, args.metric, args.mode)
@@ -226,7 +226,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from runstream.analysis.reproduce import as_rows, reproduce
 
-    with Progress("runstream reproduce") as progress:
+    with Stages("runstream reproduce", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("reading the run")
         info = reproduce(client, db, args.run)
@@ -248,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.points < 3:
         raise ValueError(f"--points: expected at least 3 points per curve, got {args.points}")
     out = args.out or Path(f"report-{args.project}.html")
-    with Progress("runstream report") as progress:
+    with Stages("runstream report", show=args.progress) as progress:
         client, db = _open(args, progress)
         path = write_report(client, db, args.project, out, metric=args.metric, mode=args.mode,
                             price_per_gpu_hour=args.price_per_gpu_hour, points=args.points, step=progress.step)

@@ -16,6 +16,7 @@ value never logged is null; in pandas, numeric columns that have missing values 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -85,11 +86,16 @@ def _with_left_out(result: Any, left_out: int) -> Any:
 class Client:
     """A connection to runstream's ClickHouse database, as `runstream migrate` (or the consumer) laid it out."""
 
-    def __init__(self, dsn: str | None = None) -> None:
-        from runstream.consumer.dsn import default_dsn
+    def __init__(self, dsn: str | None = None, *, user: str | None = None, password: str | None = None,
+                 config_file: str | Path | None = None) -> None:
+        """`dsn`, `user`, `password` as given, else RUNSTREAM_CLICKHOUSE, RUNSTREAM_CLICKHOUSE_USER and
+        RUNSTREAM_CLICKHOUSE_PASSWORD, else the [clickhouse] table of `config_file` / RUNSTREAM_CONFIG
+        (runstream.consumer.clickhouse_settings, as for every command)."""
+        from runstream.consumer.clickhouse_settings import ClickHouseSettings
 
-        self.dsn = dsn or default_dsn()
-        self.client, self.database = queries.open_database(self.dsn)
+        settings = ClickHouseSettings.load({"dsn": dsn, "user": user, "password": password}, config_file=config_file)
+        self.dsn = settings.redacted()  # for display; the password stays in the settings' SecretStr
+        self.client, self.database = queries.open_database(settings.authenticated_dsn())
 
     def runs(self, project: str | None = None, *, where: str | None = None, sort: str | None = None,
              limit: int | None = None, output: Output = "pandas") -> Any:

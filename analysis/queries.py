@@ -1,7 +1,10 @@
 """The analysis questions as SQL over the views (analysis/views.py), answered as plain rows.
 
 The CLI renders these rows and the notebook `Client` turns them into DataFrames, so both give the
-same numbers; nothing here imports pandas. Values always travel as bound query parameters; the
+same numbers; nothing here imports pandas. The run list, the filter, `compare`, the leaderboard and
+importance read the compact per-run summary `run_summary` (runstream.consumer.run_summary: one row
+per run, kept exact by the consumer), never the raw points: at 100 runs a question is a read of a
+100-row table. Values always travel as bound query parameters; the
 only text pasted into a statement is the validated database name and SQL from `filters.py`.
 """
 
@@ -9,10 +12,19 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from runstream.analysis.filters import Translator, Vocabulary, translate, vocabulary_from_rows
+from runstream.analysis.filters import (
+    PREFIXES,
+    FilterError,
+    Translator,
+    Vocabulary,
+    tokenize,
+    translate,
+    vocabulary_from_rows,
+)
 from runstream.monitoring.finite_values import ranks
 from runstream.monitoring.metric_direction import lower_is_better
 
@@ -65,18 +77,76 @@ def check_mode(mode: str | None, metric: str) -> str:
 
 
 def vocabulary(client: Any, db: str, project: str | None) -> Vocabulary:
-    """The param keys (with kinds), metric names and tag keys the project's runs have (one round trip)."""
-    runs = f"SELECT run_id FROM {db}.runs WHERE {_PROJECT}"  # noqa: S608 - db is a validated identifier
-    sql = (
-        f"SELECT DISTINCT 'param' AS kind, key AS name, toString(value_type) AS type FROM {db}.run_params "  # noqa: S608
-        f"WHERE run_id IN ({runs}) "
-        f"UNION ALL SELECT DISTINCT 'metric', toString(metric), '' FROM {db}.run_metrics WHERE run_id IN ({runs}) "
-        f"UNION ALL SELECT DISTINCT 'tag', arrayJoin(mapKeys(tags)), '' FROM {db}.runs WHERE {_PROJECT}"
-    )
-    rows = _rows(client, sql, {"project": project or ""})
-    return vocabulary_from_rows(((name, kind_of) for kind, name, kind_of in rows if kind == "param"),
-                                (name for kind, name, _ in rows if kind == "metric"),
-                                (name for kind, name, _ in rows if kind == "tag"))
+    """The param keys (with kinds), metric names and tag keys the project's runs have: a read of the
+    small `run_keys` table (runstream.consumer.run_summary), not of every run.
+
+    A param key is text-kind where some run has it without a number (text, or logged as None), and
+    number-kind where some run has it as a number (ints, floats, bools as 1/0)."""
+    sql = f"SELECT DISTINCT toString(kind), key FROM {db}.run_keys WHERE {_PROJECT}"  # noqa: S608
+    return _vocabulary_of(_rows(client, sql, {"project": project or ""}))
+
+
+def _vocabulary_of(rows: Iterable[tuple[str, str]]) -> Vocabulary:
+    """A Vocabulary from run_keys' (kind, key) rows."""
+    rows = list(rows)
+    return vocabulary_from_rows(((key, "string" if kind == "param_text" else "float")
+                                 for kind, key in rows if kind.startswith("param")),
+                                (key for kind, key in rows if kind == "metric"),
+                                (key for kind, key in rows if kind == "tag"))
+
+
+def _named(where: str | None, sort: str | None) -> Vocabulary | None:
+    """Every param, metric and tag key that the filter and sort name, each with every kind: what an
+    optimistic translation assumes. None when they name none (attributes only) or do not tokenise."""
+    texts = [where or ""] + [item.strip().lstrip("+-").strip() for item in (sort or "").split(",")]
+    named = Vocabulary()
+    try:
+        tokens = [token for text in texts for token in tokenize(text)]
+    except FilterError:
+        return None
+    for token in tokens:
+        if token.kind != "field" or len(token.value) < 2 or token.value[0] not in PREFIXES:
+            continue
+        prefix, key = token.value[0], ".".join(token.value[1:])
+        if prefix == "params":
+            named.param_kinds[key] = {"number", "string"}
+        elif prefix == "tags":
+            named.tags.add(key)
+        else:
+            named.metrics.add(key)
+    return named if named.param_kinds or named.metrics or named.tags else None
+
+
+def _evidence(rows: list[Any], named: Vocabulary) -> Vocabulary:
+    """The named params and metrics as the returned rows show them: keys and kinds the database
+    certainly holds (a subset of its vocabulary). Tags are not in the rows, so never shown."""
+    shown = Vocabulary()
+    for row in rows:
+        texts, numbers, final = row[5], row[6], row[7]
+        for key in named.param_kinds:
+            if key in numbers:
+                shown.param_kinds.setdefault(key, set()).add("number")
+            elif key in texts:
+                shown.param_kinds.setdefault(key, set()).add("string")
+        shown.metrics.update(name for name in named.metrics if name in final)
+    return shown
+
+
+def _translate(vocab: Vocabulary, where: str | None, sort: str | None) -> tuple[Translator, str | None, str]:
+    translator = Translator(vocab)
+    condition = translate(where, vocab, translator)[0] if where else None
+    return translator, condition, translator.sort_sql(sort) if sort else ""
+
+
+def _translated(client: Any, db: str, project: str | None, where: str | None,
+                sort: str | None) -> tuple[Translator, str | None, str]:
+    """The filter's condition and sort terms. A filter or sort on run attributes alone (status, name,
+    started_at...) needs no vocabulary; any other is translated against the project's (a FilterError
+    then comes from that translation, whichever field it names)."""
+    try:
+        return _translate(Vocabulary(), where, sort)
+    except FilterError:
+        return _translate(vocabulary(client, db, project), where, sort)
 
 
 def check_metric(vocab: Vocabulary, metric: str, project: str | None) -> None:
@@ -108,36 +178,50 @@ def param_value(text: str | None, number: float | None) -> Any:
     return number
 
 
-def null_params(client: Any, db: str, run_ids: list[str]) -> set[tuple[str, str]]:
-    """(run_id, key) of params logged as None: stored as empty text, like a param logged as "", so
-    only their value_type tells them apart. They read as None, the same as a param never logged."""
-    if not run_ids:
-        return set()
-    sql = (f"SELECT run_id, key FROM {db}.run_params FINAL "  # noqa: S608 - db is a validated identifier
-           "WHERE value_type = 'null' AND run_id IN {ids:Array(String)}")
-    return {(run_id, key) for run_id, key in _rows(client, sql, {"ids": run_ids})}
-
-
 def runs(client: Any, db: str, *, project: str | None = None, where: str | None = None,
          sort: str | None = None, limit: int | None = None) -> Table:
     """One row per run: attributes, every param, final metrics (metrics.X), best metrics (best.X)."""
-    vocab = vocabulary(client, db, project) if where or sort else Vocabulary()
-    translator = Translator(vocab)
-    conditions = [_PROJECT]
-    if where:
-        condition, _ = translate(where, vocab, translator)
-        conditions.append(condition)
-    order = translator.sort_sql(sort) if sort else ""
-    order = f"{order}, " if order else ""
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive number of runs, got {limit}")
-    parameters = {**translator.parameters, "project": project or ""}
-    sql = (
-        f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours "  # noqa: S608
-        f"FROM {db}.run_overview WHERE {' AND '.join(conditions)} "
-        f"ORDER BY {order}started_at, run_id" + (f" LIMIT {int(limit)}" if limit else "")
-    )
-    rows = _rows(client, sql, parameters)
+
+    def query(translator: Translator, condition: str | None, order: str) -> list[Any]:
+        conditions = [_PROJECT] + ([condition] if condition else [])
+        parameters = {**translator.parameters, "project": project or ""}
+        sql = (
+            f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours "  # noqa: S608
+            f"FROM {db}.run_summary FINAL WHERE {' AND '.join(conditions)} "
+            f"ORDER BY {f'{order}, ' if order else ''}started_at, run_id" + (f" LIMIT {int(limit)}" if limit else "")
+        )
+        return _rows(client, sql, parameters)
+
+    def same(a: tuple[Translator, str | None, str], b: tuple[Translator, str | None, str]) -> bool:
+        return (a[1], a[2], a[0].parameters) == (b[1], b[2], b[0].parameters)
+
+    # Fields are checked against the project's names (run_keys) before an answer is given. A round trip
+    # for them first measured as much as the query itself at 100 runs (~2 ms), so the query runs first,
+    # translated as if every named key existed in every kind. When the rows it returns show every named
+    # field, with kinds that translate to the very same SQL, they prove the check (the database holds
+    # at least what its rows show, and more kinds only allow more). Otherwise (no rows, a tag, a key
+    # not shown, a sort whose kind the rows cannot tell) the names are read and checked as before:
+    # an error names the closest fields, and a different translation runs again.
+    named = _named(where, sort)
+    try:
+        optimistic = _translate(named, where, sort) if named else None
+    except FilterError:
+        optimistic = None
+    if optimistic is None:
+        rows = query(*_translated(client, db, project, where, sort))
+    else:
+        assert named is not None
+        rows = query(*optimistic)
+        try:
+            proven = bool(rows) and same(_translate(_evidence(rows, named), where, sort), optimistic)
+        except FilterError:
+            proven = False
+        if not proven:
+            checked = _translated(client, db, project, where, sort)  # raises, naming the closest fields
+            if not same(checked, optimistic):
+                rows = query(*checked)
     if not rows:
         check_project(client, db, project)
     param_keys = sorted({key for row in rows for key in row[5]})
@@ -147,11 +231,10 @@ def runs(client: Any, db: str, *, project: str | None = None, where: str | None 
     columns += [f"metrics.{name}" for name in metric_names] + [f"best.{name}" for name in metric_names]
     columns.append("gpu_hours")
     out = []
-    nulls = null_params(client, db, [row[0] for row in rows]) if param_keys else set()
     for run_id, name, proj, status, started, params, numbers, final, best, gpu_hours in rows:
         row: list[Any] = [run_id, name, proj, status, started]
-        row += [param_value(params.get(key), numbers.get(key)) if key in params and (run_id, key) not in nulls
-                else None for key in param_keys]
+        # a param logged as None is NULL in the summary: None, as a param never logged
+        row += [param_value(params.get(key), numbers.get(key)) for key in param_keys]
         row += [final.get(name) for name in metric_names] + [best.get(name) for name in metric_names]
         row.append(gpu_hours if gpu_hours is not None else 0.0)
         out.append(row)
@@ -197,7 +280,7 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
     rows = {r[0]: r for r in _rows(
         client,
         f"SELECT run_id, status, params, params_num, final, best, best_step, last_step, gpu_hours "  # noqa: S608
-        f"FROM {db}.run_overview WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
+        f"FROM {db}.run_summary FINAL WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
     wanted = metrics or sorted({name for r in rows.values() for name in r[4]})
     for name in metrics or []:
         if not any(name in r[4] for r in rows.values()):
@@ -214,10 +297,8 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
     add("run_id", ids, diff=False)
     add("status", [rows[i][1] for i in ids])
     keys = sorted({key for i in ids for key in rows[i][2]})
-    nulls = null_params(client, db, ids)  # a param logged as None and one never logged: both None, not differing
-    for key in keys:
-        add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key))
-                              if key in rows[i][2] and (i, key) not in nulls else None for i in ids])
+    for key in keys:  # a param logged as None (NULL in the summary) and one never logged: both None, not differing
+        add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key)) for i in ids])
     for name in wanted:
         add(f"{name} final", [rows[i][4].get(name) for i in ids])
         add(f"{name} final step", [rows[i][7].get(name) for i in ids])
@@ -231,24 +312,35 @@ def leaderboard(client: Any, db: str, project: str, metric: str, mode: str | Non
                 limit: int | None = None) -> Table:
     """Runs ranked by their best value of `metric`; equal values rank by the earlier step reaching them."""
     mode = check_mode(mode, metric)
-    sql = (f"SELECT rank, run_id, run_name, status, value, step, final_value, last_step "  # noqa: S608
-           f"FROM {db}.leaderboard(project={{project:String}}, metric={{metric:String}}, mode={{mode:String}})"
+    best, step = ("max_value", "max_step") if mode == "max" else ("min_value", "min_step")
+    # The `leaderboard` view's ranking, read straight from run_summary: the rank is the row's place in
+    # ORDER BY (a window function over every run cost more than the rest of the query), and the count
+    # of runs left out rides along as a scalar subquery (one round trip).
+    sql = (f"SELECT run_id, run_name, status, {best}[{{metric:String}}] AS value, "  # noqa: S608
+           f"{step}[{{metric:String}}] AS at_step, final[{{metric:String}}], last_step[{{metric:String}}], "
+           f"({_LEFT_OUT.format(db=db)}) AS left_out "
+           f"FROM {db}.run_summary FINAL WHERE project = {{project:String}} AND mapContains({best}, {{metric:String}}) "
+           f"AND isFinite(value) ORDER BY {'-value' if mode == 'max' else 'value'}, at_step, started_at, run_id"
            + (f" LIMIT {int(limit)}" if limit else ""))
-    rows = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
-    left_out = no_finite_value(client, db, project, metric)
+    found = _rows(client, sql, {"project": project, "metric": metric})
+    rows = [[rank, *row[:-1]] for rank, row in enumerate(found, 1)]
+    left_out = int(found[0][-1]) if found else no_finite_value(client, db, project, metric)
     if not rows and not left_out:  # say why: a typo in the project or metric reads better than an empty table
         check_project(client, db, project)
         check_metric(vocabulary(client, db, project), metric, project)
     columns = ["rank", "run_id", "name", "status", f"{metric} {mode}", "at step", f"{metric} final", "last step"]
-    return Table(columns, [list(row) for row in rows], left_out)
+    return Table(columns, rows, left_out)
+
+
+# Runs of the project that logged the metric but never a finite value of it (no finite min, so no max).
+_LEFT_OUT = ("SELECT count() FROM {db}.run_summary FINAL WHERE project = {{project:String}} "
+             "AND mapContains(final, {{metric:String}}) AND NOT mapContains(min_value, {{metric:String}})")
 
 
 def no_finite_value(client: Any, db: str, project: str, metric: str) -> int:
     """How many runs of `project` logged `metric` but never a finite value of it: the runs every
-    ranking leaves out (run_metrics' min and max are NULL exactly then, in either mode)."""
-    sql = (f"SELECT count() FROM {db}.run_metrics WHERE metric = {{metric:String}} "  # noqa: S608
-           f"AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}}) "
-           "AND min_value IS NULL")
+    ranking leaves out (the summary keeps a finite min and max exactly for the others, in either mode)."""
+    sql = _LEFT_OUT.format(db=db)
     return int(_rows(client, sql, {"project": project, "metric": metric})[0][0])
 
 
@@ -285,22 +377,21 @@ def run_values(client: Any, db: str, project: str, metric: str, mode: str) -> tu
                                                                                        dict[str, dict[str, Any]], int]:
     """Per run of the project: the metric's best finite value in `mode`, params, and how many runs
     logged the metric without any finite value (left out, as the leaderboard leaves them out)."""
-    sql = (f"SELECT run_id, if({{mode:String}} = 'max', max_value, min_value) AS v "  # noqa: S608
-           f"FROM {db}.run_metrics WHERE metric = {{metric:String}} "
-           f"AND run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}}) "
-           "ORDER BY run_id")
+    sql = (f"SELECT run_id, if({{mode:String}} = 'max', max_value[{{metric:String}}], "  # noqa: S608
+           f"min_value[{{metric:String}}]) AS v, params, params_num FROM {db}.run_summary FINAL "
+           "WHERE project = {project:String} AND mapContains(final, {metric:String}) ORDER BY run_id")
     found = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
-    values = {run_id: float(v) for run_id, v in found if ranks(v)}
+    values = {run_id: float(v) for run_id, v, _, _ in found if ranks(v)}
     left_out = len(found) - len(values)
     params: dict[str, dict[str, Any]] = {}
-    sql = (f"SELECT run_id, key, value_string, value_number FROM {db}.run_params FINAL "  # noqa: S608
-           f"WHERE run_id IN (SELECT run_id FROM {db}.runs WHERE project = {{project:String}})")
-    for run_id, key, text, number in _rows(client, sql, {"project": project}):
+    for run_id, _, texts, numbers in found:
         if run_id in values:
-            params.setdefault(key, {})[run_id] = param_value(text, number)
+            for key, text in texts.items():
+                # a param logged as None groups as its stored text, "" (as importance always grouped it)
+                params.setdefault(key, {})[run_id] = param_value("" if text is None else text, numbers.get(key))
     return sorted(values), values, params, left_out
 
 
 def gpu_hours(client: Any, db: str, run_ids: list[str]) -> dict[str, float]:
-    sql = f"SELECT run_id, gpu_hours FROM {db}.run_overview WHERE has({{ids:Array(String)}}, run_id)"  # noqa: S608
+    sql = f"SELECT run_id, gpu_hours FROM {db}.run_summary FINAL WHERE has({{ids:Array(String)}}, run_id)"  # noqa: S608
     return {run_id: float(hours or 0.0) for run_id, hours in _rows(client, sql, {"ids": run_ids})}

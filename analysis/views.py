@@ -4,13 +4,15 @@ These are `View` specs: `runstream migrate` (and the consumer, which owns the sc
 with the other tables, and the cluster DDL renders them over the Distributed tables. Read
 commands never run DDL: against a database that was never migrated they say to run
 `runstream migrate` (`runstream.consumer.migrations.require_migrated`). The views only read the
-fact tables and the `metric_summary` rollup, so they hold no data.
+fact tables, the `metric_summary` rollup and the `run_summary` table, so they hold no data.
 
 - `run_metrics`: one row per (run, metric): final value (at the last step, NaN and ±Inf kept), min
   and max of the finite values (NULL when no value was finite) with the earliest step reaching each.
 - `run_overview`: one row per run with params, final and best metrics and GPU-hours as Map
   columns (`params['lr']`, `final['acc']`), so a project with any params fits one fixed schema;
-  a missing key reads as NULL, never as 0.
+  a missing key reads as NULL, never as 0, and so does a param logged as None. It reads the
+  compact per-run summary `run_summary` (runstream.consumer.run_summary), which the consumer
+  rewrites, exactly, for every run a batch touches.
 - `leaderboard(project, metric, mode)`: a parameterised view ranking a project's runs by the
   best finite value of a metric (mode 'min' or 'max'); ties go to the run that got there at an
   earlier step; runs without a finite value are left out.
@@ -169,6 +171,36 @@ FROM (
 ORDER BY rank
 """
 
+# Since migration 7 the run list and the leaderboard read the compact per-run summary that the
+# consumer keeps exact (runstream.consumer.run_summary): one small row per run, no rollup merge.
+_RUN_OVERVIEW_OF_SUMMARY = """
+SELECT
+    run_id, project, run_name, user, host, started_at, finished_at, status, git_commit, tags,
+    params, params_num, final, best, best_step, last_step, gpu_hours
+FROM {run_summary} FINAL
+"""
+
+# The same ranking as _LEADERBOARD over run_summary: best finite value, ties to the earlier step, then
+# the earlier start; runs without a finite value of the metric are left out.
+_LEADERBOARD_OF_SUMMARY = """
+SELECT
+    row_number() OVER (ORDER BY sort_key, best_step, started_at, run_id) AS rank,
+    run_id, run_name, status, best_value AS value, best_step AS step, final_value, metric_last_step AS last_step
+FROM (
+    SELECT
+        run_id, run_name, status, started_at,
+        if({{mode:String}} = 'max', max_value[{{metric:String}}], min_value[{{metric:String}}]) AS best_value,
+        if({{mode:String}} = 'max', max_step[{{metric:String}}], min_step[{{metric:String}}]) AS best_step,
+        if({{mode:String}} = 'max', -best_value, best_value) AS sort_key,
+        final[{{metric:String}}] AS final_value,
+        last_step[{{metric:String}}] AS metric_last_step
+    FROM {run_summary} FINAL
+    WHERE project = {{project:String}} AND mapContains(final, {{metric:String}})
+)
+WHERE best_value IS NOT NULL AND {finite_best}
+ORDER BY rank
+"""
+
 _METRIC_CURVE = """
 SELECT run_id, toInt64(tupleElement(point, 1)) AS step, tupleElement(point, 2) AS value
 FROM (
@@ -196,8 +228,13 @@ def _view(name: str, select: str) -> View:
 
 
 RUN_METRICS = _view("run_metrics", _RUN_METRICS)
-RUN_OVERVIEW = _view("run_overview", _RUN_OVERVIEW)
-LEADERBOARD = _view("leaderboard", _LEADERBOARD)
+RUN_OVERVIEW = _view("run_overview", _RUN_OVERVIEW_OF_SUMMARY)
+LEADERBOARD = _view("leaderboard", _LEADERBOARD_OF_SUMMARY)
 METRIC_CURVE = _view("metric_curve", _METRIC_CURVE)
-#: In dependency order: run_overview and leaderboard read run_metrics.
+#: The views as migrations 5 and 6 released them (run_overview and leaderboard computed from run_metrics
+#: on every read); migration 7 replaces those two with the ones over `run_summary` above.
+RUN_OVERVIEW_V6 = _view("run_overview", _RUN_OVERVIEW)
+LEADERBOARD_V6 = _view("leaderboard", _LEADERBOARD)
+ANALYSIS_VIEWS_V6: tuple[View, ...] = (RUN_METRICS, RUN_OVERVIEW_V6, LEADERBOARD_V6, METRIC_CURVE)
+#: In dependency order; run_overview and leaderboard read the `run_summary` table (migration 7).
 ANALYSIS_VIEWS: tuple[View, ...] = (RUN_METRICS, RUN_OVERVIEW, LEADERBOARD, METRIC_CURVE)

@@ -10,11 +10,19 @@ materialized views run as they do in production), in slices of runs to bound mem
 timed as the CLI answers it (the same Python functions, including their validation queries), after
 one warm-up, and the median of --repeat runs is printed as a markdown table.
 
+The rows go in around the consumer, so once they are in, every run's `run_summary` row (what the run
+list, the filter, the leaderboard and importance read) is computed once, as migration 7 fills it
+(`runstream.consumer.run_summary.refresh_all`); the consumer rewrites a run's row after each batch.
+
 --redeliver-runs N delivers the last tenth of the steps of N runs a second time (a consumer that
 crashed before committing); --relog-runs M has M runs resume and log the last fifth of their steps
-again a day later with other values. The view then summarises those (run, metric) pairs from
-`metric_points FINAL` instead of the rollup (consumer/migrations.py, METRIC_SUMMARY): the timings show
-what that costs, and the run checks that the leaderboard equals one computed from FINAL.
+again a day later with other values. Those (run, metric) pairs are then summarised from
+`metric_points FINAL` instead of the rollup when their run's summary is written: the run checks that
+the leaderboard equals one computed from FINAL and prints what rewriting one run's summary costs the
+writer, for a clean run and for one with a step delivered twice.
+
+The questions include "run list: the 100 newest runs" (`runs --sort -started_at --limit 100`): the
+first page of a run table.
 
 --mlflow (needs `pip install mlflow scipy`): a smaller project (--mlflow-runs x --mlflow-steps x
 --metrics, default 100 x 2,000 x 2 = 400,000 points) is generated the same way into a second
@@ -43,6 +51,7 @@ from runstream.analysis.importance import eta_squared, importance
 from runstream.analysis.views import RUN_METRICS_FROM_POINTS_SQL
 from runstream.consumer import ClickHouseSink
 from runstream.consumer.migrations import SUSPECT_PAIRS
+from runstream.consumer.run_summary import refresh, refresh_all
 
 PROJECT = "bench"
 METRICS = ("acc", "loss", "lr_sched", "grad_norm")
@@ -140,8 +149,16 @@ def check_faults(client: Any, db: str, board: Any) -> str:
     ).result_rows
     if [(row[1], row[4]) for row in board.rows] != [tuple(row) for row in exact]:
         raise SystemExit(f"the leaderboard disagrees with FINAL over metric_points: {board.rows} vs {exact}")
-    return (f"; {delivered:,} rows delivered, {recomputed:,} (run, metric) summaries with a step delivered twice "
-            "(recomputed from FINAL when read); leaderboard equal to FINAL's")
+    # What the consumer pays after a batch: rewriting one run's summary, clean or with a step delivered twice.
+    suspect_run = client.query(f"SELECT any(run_id) FROM ({suspect})").result_rows[0][0]  # noqa: S608
+    clean_run = client.query(f"SELECT any(run_id) FROM {db}.metric_summary_states "  # noqa: S608
+                             f"WHERE run_id NOT IN (SELECT run_id FROM ({suspect}))").result_rows[0][0]
+    costs = {name: timed(lambda run=run: refresh(client, db, [run]), 5)[0]
+             for name, run in (("clean", clean_run), ("redelivered", suspect_run)) if run}
+    return (f"; {delivered:,} rows delivered, {recomputed:,} (run, metric) pairs with a step delivered twice "
+            f"(summarised from FINAL when their run's summary is rewritten: one run's rewrite "
+            + ", ".join(f"{name} {ms:.1f} ms" for name, ms in costs.items())
+            + "); leaderboard equal to FINAL's")
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -163,7 +180,7 @@ def prepare(client: Any, db: str, runs: int, steps: int, metrics: int, slice_run
     have = client.query(f"SELECT count() FROM {db}.metric_points FINAL").result_rows[0][0]  # noqa: S608
     had = client.query(f"SELECT sum(deliveries_state) FROM {db}.metric_summary_states").result_rows[0][0]  # noqa: S608
     if not (reuse and have == want and had == delivered):
-        for table in ("runs", "run_params", "run_finishes", "metric_points", "metric_summary_states"):
+        for table in ("runs", "run_params", "run_finishes", "metric_points", "metric_summary_states", "run_summary"):
             client.command(f"TRUNCATE TABLE {db}.{table}")
         print(f"generating {runs:,} runs x {steps:,} steps x {metrics} metrics = {want:,} points into {db} ...",
               file=sys.stderr)
@@ -171,7 +188,12 @@ def prepare(client: Any, db: str, runs: int, steps: int, metrics: int, slice_run
         generate(client, db, runs, steps, metrics, slice_runs)
         add_faults(client, db, runs, steps, redeliver_runs, relog_runs)
         client.command(f"OPTIMIZE TABLE {db}.metric_summary_states FINAL")  # merged, as background merges leave it
-        print(f"  generated in {time.monotonic() - start:.0f}s", file=sys.stderr)
+        # The rows went in around the consumer, so the per-run summary is computed once here, as
+        # migration 7 fills it (the consumer rewrites a run's row after each batch that touches it).
+        summary_start = time.monotonic()
+        refresh_all(client, db)
+        print(f"  generated in {time.monotonic() - start:.0f}s (run_summary of every run: "
+              f"{time.monotonic() - summary_start:.1f}s)", file=sys.stderr)
     points = client.query(f"SELECT count() FROM {db}.metric_points FINAL").result_rows[0][0]  # noqa: S608
     size = client.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {db:String} AND active",
                         parameters={"db": db}).result_rows[0][0]
@@ -198,6 +220,9 @@ def runstream_questions(client: Any, db: str, runs: int) -> list[Question]:
          lambda t: f"{len(t.rows)} runs"),
         ("importance of params for acc", lambda: importance(client, db, PROJECT, "acc"),
          lambda t: f"top: {t.rows[0][0]} {t.rows[0][4]:+.2f}"),
+        ("run list: the 100 newest runs",
+         lambda: queries.runs(client, db, project=PROJECT, sort="-started_at", limit=100),
+         lambda t: f"{len(t.rows)} runs"),
     ]
 
 
@@ -411,11 +436,14 @@ def compare_mlflow(args: argparse.Namespace, client: Any, base_db: str) -> list[
                       lambda t: f"#1 {t.rows[0][0]}"),
                      ("importance on the final value", lambda: runstream_final_importance(client, db, "acc"),
                       lambda r: f"{len(r)} params")], args.repeat, "runstream")
+    # (the MLflow list below follows the order of runstream_questions, then the two extras)
     theirs = time_all([
         ("leaderboard", lambda: mlflow_leaderboard(ml, experiment, "acc", 10), lambda r: f"#1 {r[0][0]}"),
         ("overlay", lambda: mlflow_overlay(ml, overlay_ml, "acc", 1000), lambda r: f"{len(r)} points"),
         ("filter", lambda: mlflow_filter(ml, experiment, 20), lambda r: f"{len(r)} runs"),
         ("importance", lambda: mlflow_importance(ml, experiment, "acc", best=True), lambda r: f"{len(r)} params"),
+        ("run list", lambda: [r.info.run_name for r in ml.search_runs(
+            [experiment], order_by=["attributes.start_time DESC"], max_results=100)], lambda r: f"{len(r)} runs"),
         ("leaderboard by final", lambda: [r.info.run_name for r in ml.search_runs(
             [experiment], order_by=["metrics.acc DESC", "attributes.start_time ASC"], max_results=10)],
          lambda r: f"#1 {r[0]}"),
@@ -424,8 +452,8 @@ def compare_mlflow(args: argparse.Namespace, client: Any, base_db: str) -> list[
     ], args.mlflow_repeat, "MLflow")
 
     # the same answers? (so the ratio compares equal work)
-    board, curve, found, imp, final_board, final_imp = (r[2] for r in ours)
-    m_board, m_curve, m_found, m_imp, m_final_board, m_final_imp = (r[2] for r in theirs)
+    board, curve, found, imp, listed, final_board, final_imp = (r[2] for r in ours)
+    m_board, m_curve, m_found, m_imp, m_listed, m_final_board, m_final_imp = (r[2] for r in theirs)
     by_id = {v: k for k, v in ids.items()}
     curve_ml = [[by_id[run], int(x), y] for run, x, y in m_curve]
     same = [
@@ -433,6 +461,7 @@ def compare_mlflow(args: argparse.Namespace, client: Any, base_db: str) -> list[
         sorted(curve_ml) == sorted([run, step, value] for run, _, step, value in curve.rows),
         [row[0] for row in found.rows] == m_found,
         close({row[0][7:]: row[4] for row in imp.rows}, m_imp),
+        [row[0] for row in listed.rows] == m_listed,
         [row[0] for row in final_board.rows] == m_final_board,
         close(final_imp, m_final_imp),
     ]

@@ -4,13 +4,18 @@ Metric steps arrive columnar already, so a batch extends its columns with whole 
 than building a Python object per point. Every value an event adds is checked against its
 column's ClickHouse type (`column_checks.py`) before it joins the batch: an event that the insert
 would reject raises InvalidEvent and leaves the batch as it was, so it alone is dead-lettered.
+
+Small metric_steps and gpu_samples events, most messages of a busy fleet, are added a poll at a time
+(`add_messages`): decoded together (`schemas/columnar.py` `decode_many`), checked together with the
+same column checks, and kept as Arrow tables, so that no Python object is made per value. Any
+message the bulk path flags goes through `add` alone, which decides as it always did.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Hashable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +24,9 @@ import pyarrow as pa
 from runstream.consumer.column_checks import TableChecks, Violation, build_checks
 from runstream.consumer.migrations import FACT_TABLES
 from runstream.consumer.monitoring_tables import DRIFT_TABLES
+from runstream.schemas import DecodeError, Decoder
+from runstream.schemas.codec import COLUMNAR_MIN_BYTES, HEADER_SIZE
+from runstream.schemas.columnar import Column, ManyDecoded
 
 MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is rejected
 
@@ -74,6 +82,9 @@ class Batch:
         self.event_counts: Counter[str] = Counter()
         # Metric points stay as each event's arrays until the insert: no Python object per point.
         self._metric_events: list[tuple[str, list[str], Any, Any, Any, Any]] = []
+        #: Rows decoded in bulk (`add_messages`), as Arrow tables per ClickHouse table.
+        self._bulk: dict[str, list[pa.Table]] = defaultdict(list)
+        self._bulk_rows: Counter[str] = Counter()
         #: Source messages (keys) of this batch that were dead-lettered: a batch split to isolate
         #: an insert failure re-batches only the others, and dead-letters none of them twice.
         self.rejected: set[Hashable] = set()
@@ -87,7 +98,7 @@ class Batch:
     def rows(self, table: str) -> int:
         if table == "metric_points":
             return self.points
-        return len(self.columns[table][TABLE_COLUMNS[table][0]])
+        return len(self.columns[table][TABLE_COLUMNS[table][0]]) + self._bulk_rows[table]
 
     def table_rows(self) -> dict[str, int]:
         """Rows per table as stored: without the rows of events dead-lettered after an insert failed."""
@@ -107,6 +118,25 @@ class Batch:
     def metric_points_table(self) -> pa.Table:
         """The batch's metric points as an Arrow table: run ids and metric names dictionary-encoded
         from the events' own name tables and indices, numbers concatenated array by array."""
+        parts = list(self._bulk["metric_points"])
+        if self._metric_events or not parts:
+            parts.insert(0, self._metric_events_table())
+        return _concat(parts)
+
+    def arrow_table(self, table: str) -> pa.Table | None:
+        """The table's rows as one Arrow table when some were decoded in bulk (None otherwise: the
+        rows are Python lists in `columns`, written as such)."""
+        if table == "metric_points":
+            return self.metric_points_table()
+        parts = self._bulk.get(table)
+        if not parts:
+            return None
+        columns = self.columns[table]
+        if columns[TABLE_COLUMNS[table][0]]:
+            parts = [*parts, _lists_table(columns, parts[0].schema)]
+        return _concat(parts)
+
+    def _metric_events_table(self) -> pa.Table:
         run_ids: dict[str, int] = {}
         metric_ids: dict[str, int] = {}
         run_index, metric_index, steps, values, times = [], [], [], [], []
@@ -153,6 +183,157 @@ class Batch:
             self._add_checked(handler, event_type, record, now_us)
         self.events += 1
         self.event_counts[event_type] += 1
+
+    # -- many messages at once ---------------------------------------------------------------
+
+    def add_messages(self, decoder: Decoder, messages: Sequence[Any], now_us: int | None = None
+                     ) -> list[tuple[Any, DecodeError | InvalidEvent]]:
+        """Decode, check and append a poll's messages; return those rejected, each with its error.
+
+        Messages of one writer schema that `decode_many` reads (metric_steps, gpu_samples) are
+        decoded and checked together, a few numpy calls per field for all of them. Any message that
+        the bulk path flags — a layout it does not read, or a value some check refuses — is then
+        decoded and added alone by `add`, which names exactly what is wrong with it (or accepts it),
+        so the bulk path dead-letters exactly the messages the one-by-one path would.
+        """
+        now_us = time.time_ns() // 1000 if now_us is None else now_us
+        values = [message.value() for message in messages]
+        groups: dict[bytes, list[int]] = defaultdict(list)
+        for position, value in enumerate(values):
+            # A large body is decoded alone: the per-message columnar decoder's numpy calls are
+            # already few per point there, and its fast paths suit long arrays better.
+            groups[value[:_HEADER] if value and len(value) < COLUMNAR_MIN_BYTES else b""].append(position)
+        alone: list[int] = []
+        for header, positions in groups.items():
+            plan = decoder.batch_plan(header) if len(positions) >= BULK_MIN_MESSAGES else None
+            bulk = None if plan is None else _BULK.get(plan[0])
+            if plan is None or bulk is None:
+                alone.extend(positions)
+                continue
+            decoded = decoder.decode_many(plan[1], [values[position] for position in positions])
+            bad = bulk(self, decoded, now_us)
+            if bad is None:
+                alone.extend(positions)
+            else:
+                alone.extend(positions[i] for i in np.flatnonzero(bad).tolist())
+        rejected: list[tuple[Any, DecodeError | InvalidEvent]] = []
+        for position in sorted(alone):
+            message = messages[position]
+            try:
+                self.add(*decoder.decode(values[position], partition=message.partition(), offset=message.offset()),
+                         now_us)
+            except (DecodeError, InvalidEvent) as error:
+                rejected.append((message, error))
+        return rejected
+
+    def _bulk_metric_steps(self, decoded: ManyDecoded, now_us: int) -> np.ndarray[Any, Any]:
+        """Append the good events of a bulk-decoded set of metric_steps; return which to add alone."""
+        f, buffer = decoded.fields, decoded.buffer
+        bad = decoded.bad.copy()
+        run, names = f["run_id"], f["metric_names"]
+        index, steps, values, times = f["metric_index"], f["steps"], f["values"], f["times_us"]
+        bad |= (run.lengths == 0) | (f["timestamp_us"].values > now_us + MAX_FUTURE_US)
+        bad |= (index.counts != steps.counts) | (values.counts != steps.counts) | (times.counts != steps.counts)
+        assert names.items is not None
+        _flag_every_bad_string(decoded, bad)
+
+        def kept(column: Column) -> np.ndarray[Any, Any]:
+            assert column.items is not None
+            return column.items.values[~bad[column.owner]]  # type: ignore[no-any-return]
+
+        owner = steps.owner[~bad[steps.owner]]
+        point_index, point_steps, point_times = kept(index), kept(steps), kept(times)
+        wrong = (point_steps < 0) | (point_index < 0) | (point_index >= names.counts[owner])
+        wrong |= point_times > now_us + MAX_FUTURE_US
+        bad[owner[wrong]] = True
+        checks = COLUMN_CHECKS["metric_points"]
+        _flag_checks(checks, "time", kept(times), steps.owner[~bad[steps.owner]], bad)
+        good = ~bad
+        if not good.any():
+            return bad
+        owner = steps.owner[good[steps.owner]]
+        point_index, point_steps, point_times = kept(index), kept(steps), kept(times)
+        point_values = kept(values)
+        slot = np.cumsum(good) - 1  # a good message's place among the good ones
+        runs = _strings(buffer, run.starts[good], run.lengths[good]).dictionary_encode()
+        run_codes = runs.indices.to_numpy()[slot[owner]]
+        name_good = good[names.owner]
+        metric_names = _strings(buffer, names.items.starts[name_good], names.items.lengths[name_good])
+        encoded = metric_names.dictionary_encode()
+        kept_counts = np.where(good, names.counts, 0)
+        first_name = np.cumsum(kept_counts) - kept_counts
+        metric_codes = encoded.indices.to_numpy()[first_name[owner] + point_index]
+        self._bulk["metric_points"].append(pa.table({
+            "run_id": pa.DictionaryArray.from_arrays(pa.array(run_codes.astype(np.int32)), runs.dictionary),
+            "metric": pa.DictionaryArray.from_arrays(pa.array(metric_codes.astype(np.int32)), encoded.dictionary),
+            "step": pa.array(point_steps),
+            "value": pa.array(point_values),
+            "time": pa.array(point_times).cast(_TIME),
+        }))
+        events = int(good.sum())
+        self.points += len(point_steps)
+        self.events += events
+        self.event_counts["metric_steps"] += events
+        return bad
+
+    def _bulk_gpu_samples(self, decoded: ManyDecoded, now_us: int) -> np.ndarray[Any, Any] | None:
+        """Append the good events of a bulk-decoded set of gpu_samples; return which to add alone
+        (None: all of them, when the writer's record lacks a column's field)."""
+        f, buffer = decoded.fields, decoded.buffer
+        samples = f["samples"]
+        host_fields = TABLE_COLUMNS["host_samples"][3:]
+        if any(name not in samples.fields for name in _GPU_SAMPLE_FIELDS + ("time_us",)) or any(
+                name not in f for name in host_fields):
+            return None
+        bad = decoded.bad.copy()
+        bad |= (f["run_id"].lengths == 0) | (f["timestamp_us"].values > now_us + MAX_FUTURE_US)
+        _flag_every_bad_string(decoded, bad)
+        gpu_checks, host_checks = COLUMN_CHECKS["gpu_samples"], COLUMN_CHECKS["host_samples"]
+        for column, source in (("time", "time_us"), *((name, name) for name in _GPU_SAMPLE_FIELDS)):
+            field = samples.fields[source]
+            if field.starts is None:  # strings: checked above
+                _flag_checks(gpu_checks, column, field.values, samples.owner, bad, field.valid)
+        everyone = np.arange(len(bad))
+        for name in host_fields:
+            _flag_checks(host_checks, name, f[name].values, everyone, bad, f[name].valid)
+        _flag_checks(host_checks, "time", f["timestamp_us"].values, everyone, bad)
+        good = ~bad
+        if not good.any():
+            return bad
+        slot = np.cumsum(good) - 1
+        per_event = {name: _strings(buffer, f[name].starts[good], f[name].lengths[good]).dictionary_encode()
+                     for name in ("run_id", "host")}
+
+        def repeated(name: str, owners: np.ndarray[Any, Any]) -> pa.Array:
+            codes = per_event[name].indices.to_numpy()[slot[owners]].astype(np.int32)
+            return pa.DictionaryArray.from_arrays(pa.array(codes), per_event[name].dictionary)
+
+        keep = good[samples.owner]
+        if keep.any():
+            rows: dict[str, pa.Array] = {}
+            for column in TABLE_COLUMNS["gpu_samples"]:
+                if column in ("run_id", "host"):
+                    rows[column] = repeated(column, samples.owner[keep])
+                else:
+                    field = samples.fields["time_us" if column == "time" else column]
+                    rows[column] = _arrow_column(buffer, field, keep, _ARROW_TYPES_OF["gpu_samples"][column])
+            self._append_bulk("gpu_samples", pa.table(rows))
+        with_host = good & np.logical_or.reduce([f[name].valid for name in host_fields])
+        if with_host.any():
+            rows = {"run_id": repeated("run_id", np.flatnonzero(with_host)),
+                    "host": repeated("host", np.flatnonzero(with_host)),
+                    "time": _arrow_column(buffer, f["timestamp_us"], with_host, _TIME)}
+            for name in host_fields:
+                rows[name] = _arrow_column(buffer, f[name], with_host, _ARROW_TYPES_OF["host_samples"][name])
+            self._append_bulk("host_samples", pa.table(rows))
+        events = int(good.sum())
+        self.events += events
+        self.event_counts["gpu_samples"] += events
+        return bad
+
+    def _append_bulk(self, table: str, data: pa.Table) -> None:
+        self._bulk[table].append(data)
+        self._bulk_rows[table] += data.num_rows
 
     def _add_checked(self, handler: Any, event_type: str, record: dict[str, Any], now_us: int) -> None:
         """Run `handler`, then check every row it appended against the column types; on any failure
@@ -330,3 +511,120 @@ class Batch:
                 feature_row("prediction", sample["time_us"], sample["sample_id"],
                             prediction if isinstance(prediction, float) else None,
                             prediction if isinstance(prediction, str) else None)
+
+
+# -- bulk helpers --------------------------------------------------------------------------------
+
+#: Fewer messages of one schema than this in a poll are decoded one by one: the bulk decoder's
+#: fixed cost (a few hundred numpy calls) is worth paying from a few dozen messages on.
+BULK_MIN_MESSAGES = 16
+_HEADER = HEADER_SIZE
+_TIME = pa.timestamp("us", tz="UTC")
+_BULK: dict[str, Callable[[Batch, ManyDecoded, int], np.ndarray[Any, Any] | None]] = {
+    "metric_steps": Batch._bulk_metric_steps,
+    "gpu_samples": Batch._bulk_gpu_samples,
+}
+_PLAIN_TYPES: dict[str, pa.DataType] = {
+    "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(), "UInt64": pa.uint64(),
+    "Int8": pa.int8(), "Int16": pa.int16(), "Int32": pa.int32(), "Int64": pa.int64(),
+    "Float32": pa.float32(), "Float64": pa.float64(), "String": pa.string(), "DateTime64(6, 'UTC')": _TIME,
+}
+
+
+def _arrow_type(declared: str) -> pa.DataType | None:
+    """The Arrow type a bulk-built column is sent as, from the column's ClickHouse type."""
+    inner = declared
+    for wrapper in ("Nullable(", "LowCardinality("):
+        if inner.startswith(wrapper) and inner.endswith(")"):
+            inner = inner[len(wrapper):-1]
+    return _PLAIN_TYPES.get(inner)
+
+
+_ARROW_TYPES_OF: dict[str, dict[str, pa.DataType | None]] = {
+    table: {name: _arrow_type(COLUMN_CHECKS[table].declared[name]) for name in TABLE_COLUMNS[table]}
+    for table in ("gpu_samples", "host_samples")
+}
+
+
+def _strings(buffer: np.ndarray[Any, Any], starts: np.ndarray[Any, Any], lengths: np.ndarray[Any, Any]) -> pa.Array:
+    """An Arrow string array of the byte ranges (`starts`, `lengths`) of `buffer`, without a Python
+    object per string; not yet checked to be UTF-8."""
+    offsets = np.zeros(len(starts) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    index = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1] - starts, lengths)
+    return pa.StringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buffer[index]))
+
+
+def _flag_bad_strings(buffer: np.ndarray[Any, Any], column: Column, bad: np.ndarray[Any, Any],
+                      owners: np.ndarray[Any, Any] | None) -> None:
+    """Flag the messages whose strings in `column` are not UTF-8 (fastavro refuses to decode them)."""
+    owners = np.arange(len(column.starts)) if owners is None else owners
+    keep = ~bad[owners]
+    try:
+        _strings(buffer, column.starts[keep], column.lengths[keep]).validate(full=True)
+        return
+    except pa.ArrowInvalid:
+        pass
+    for row in np.flatnonzero(keep).tolist():
+        start = int(column.starts[row])
+        try:
+            bytes(buffer[start:start + int(column.lengths[row])]).decode("utf-8")
+        except UnicodeDecodeError:
+            bad[owners[row]] = True
+
+
+def _flag_every_bad_string(decoded: ManyDecoded, bad: np.ndarray[Any, Any]) -> None:
+    """Flag the messages with a string that is not UTF-8 in any field, stored or not (as event_id):
+    the one-by-one path cannot decode them, so neither may the bulk path keep them."""
+    for column in decoded.fields.values():
+        if column.starts is not None:
+            _flag_bad_strings(decoded.buffer, column, bad, None)
+        elif column.items is not None and column.items.starts is not None:
+            _flag_bad_strings(decoded.buffer, column.items, bad, column.owner)
+        for field in column.fields.values():
+            if field.starts is not None:
+                _flag_bad_strings(decoded.buffer, field, bad, column.owner)
+
+
+def _flag_checks(checks: TableChecks, column: str, values: np.ndarray[Any, Any], owners: np.ndarray[Any, Any],
+                 bad: np.ndarray[Any, Any], valid: np.ndarray[Any, Any] | None = None) -> None:
+    """Flag every message with a value its column cannot hold (the check finds one at a time: a
+    message found is left out and the rest checked again)."""
+    check = checks.checks[column]
+    while True:
+        keep = ~bad[owners]
+        if valid is not None:
+            keep &= valid
+        found = check.array(values[keep])
+        if found is None:
+            return
+        bad[owners[keep][found[0]]] = True
+
+
+def _arrow_column(buffer: np.ndarray[Any, Any], field: Column, keep: np.ndarray[Any, Any],
+                  arrow_type: pa.DataType | None) -> pa.Array:
+    if field.starts is not None:
+        return _strings(buffer, field.starts[keep], field.lengths[keep]).dictionary_encode()
+    mask = None if field.valid is None else ~field.valid[keep]
+    array = pa.array(field.values[keep], mask=mask)
+    return array if arrow_type is None else array.cast(arrow_type)
+
+
+def _lists_table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """Rows added one by one, as an Arrow table of the bulk rows' schema, to be written with them."""
+    arrays = []
+    for field in schema:
+        values = columns[field.name]
+        if pa.types.is_dictionary(field.type):
+            arrays.append(pa.array(values, pa.string()).dictionary_encode())
+        elif pa.types.is_timestamp(field.type):
+            arrays.append(pa.array(values, pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table:
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts).unify_dictionaries().combine_chunks()

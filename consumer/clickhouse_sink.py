@@ -5,13 +5,20 @@ a batch whose rows span more months of a monthly-partitioned table (one event ca
 from years of history) is written as several inserts of at most that many months each, rather
 than failing with TOO_MANY_PARTS on every retry. The sink also says which of its errors blame
 the rows (`blames_the_rows`), so that the consumer splits a batch only when that can help.
+
+After a batch's inserts, the sink rewrites the compact per-run summary of every run the batch
+touched (`runstream.consumer.run_summary.refresh`), before `write` returns and so before the
+consumer commits: a crash between the two gets the batch redelivered, which recomputes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +28,18 @@ from runstream.consumer.batch import TABLE_COLUMNS, Batch
 from runstream.consumer.column_checks import partition_columns
 from runstream.consumer.dsn import connect
 from runstream.consumer.migrations import migrate
+from runstream.consumer.retry import is_retryable
+from runstream.consumer.run_summary import SOURCE_TABLES, refresh
 
 log = logging.getLogger(__name__)
 
 #: ClickHouse's default `max_partitions_per_insert_block`, used when the server's value cannot be read.
 DEFAULT_MAX_PARTITIONS_PER_INSERT = 100
+
+#: Fault injection for the crash tests, as the service's RUNSTREAM_FAULT_AFTER_INSERT: when set to a path,
+#: the sink writes that file after a batch's inserts, before the summary refresh, and waits to be
+#: killed (the window between the two). Read once per sink; never set it in production.
+FAULT_BEFORE_SUMMARY_ENV = "RUNSTREAM_FAULT_BEFORE_SUMMARY"
 
 #: Tables partitioned by the month of a column: table -> that column (from the DDL).
 MONTH_PARTITIONED: dict[str, str] = partition_columns(TABLE_COLUMNS)
@@ -85,6 +99,26 @@ def partition_groups(times: Any, limit: int) -> list[np.ndarray[Any, Any]] | Non
     return list(np.split(order, bounds))
 
 
+class SummaryWriteError(RuntimeError):
+    """The per-run summary could not be rewritten after an insert (the batch stays uncommitted)."""
+
+
+def _run_ids_of(data: pa.Table) -> list[str]:
+    """The distinct run ids of an Arrow batch of points (dictionary-encoded or plain)."""
+    column = data.column("run_id").combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        return [str(value) for value in column.dictionary.to_pylist()]
+    return [str(value) for value in column.unique().to_pylist()]
+
+
+def _wait_to_be_killed(path: str) -> None:
+    """The FAULT_BEFORE_SUMMARY_ENV hook: inserted, summary not written, waiting for SIGKILL."""
+    Path(path).write_text("inserted\n")
+    log.warning("fault injection: inserted, summary not written; waiting to be killed")
+    while True:
+        time.sleep(1)
+
+
 class ClickHouseSink:
     """Writes batches; `write` returns only once every table's insert was acknowledged."""
 
@@ -105,6 +139,10 @@ class ClickHouseSink:
         #: The tables the last `write` finished, in order, before it returned or raised: after a
         #: rejected insert the consumer re-writes only the tables from the failed one on.
         self.completed: tuple[str, ...] = ()
+        #: Time spent rewriting run summaries, and how many refreshes (bench/consumer_throughput.py reads them).
+        self.summary_seconds = 0.0
+        self.summary_refreshes = 0
+        self._fault_before_summary = os.environ.get(FAULT_BEFORE_SUMMARY_ENV) or None
 
     def _server_partition_limit(self) -> int:
         try:
@@ -121,18 +159,45 @@ class ClickHouseSink:
         """Insert the batch's rows of every table (or of `tables` only), in TABLE_COLUMNS order."""
         self.completed = ()
         done: list[str] = []
+        touched: set[str] = set()
         for table, names in TABLE_COLUMNS.items():
             if tables is not None and table not in tables:
                 continue
             rows = batch.rows(table)
             if rows:
                 if table == "metric_points":
-                    self._insert_arrow(table, batch.metric_points_table())
+                    data = batch.metric_points_table()
+                    self._insert_arrow(table, data)
+                    touched.update(_run_ids_of(data))
+                elif (bulk := batch.arrow_table(table)) is not None:  # rows decoded in bulk, as Arrow
+                    self._insert_arrow(table, bulk)
+                    if table in SOURCE_TABLES:
+                        touched.update(_run_ids_of(bulk))
                 else:
                     self._insert_columns(table, names, batch.columns[table])
+                    if table in SOURCE_TABLES:
+                        touched.update(batch.columns[table]["run_id"])
                 self.rows_written[table] += rows
             done.append(table)
             self.completed = tuple(done)
+        if touched:
+            if self._fault_before_summary:
+                _wait_to_be_killed(self._fault_before_summary)
+            self.refresh_summaries(touched)
+
+    def refresh_summaries(self, run_ids: set[str]) -> None:
+        """Rewrite the per-run summaries of `run_ids` (exact; idempotent, so a retry may repeat it).
+
+        A failure here is never the rows' fault: a non-retryable one is raised as SummaryWriteError, so
+        that the consumer does not split the batch and dead-letter events that were stored fine."""
+        try:
+            self.summary_seconds += refresh(self.client, self.database, run_ids)
+        except Exception as error:
+            if is_retryable(error):
+                raise
+            raise SummaryWriteError(f"run_summary: rewriting the summary of {len(run_ids)} runs failed: "
+                                    f"{type(error).__name__}: {' '.join(str(error).split())[:500]}") from error
+        self.summary_refreshes += 1
 
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
         column = MONTH_PARTITIONED.get(table)

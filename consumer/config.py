@@ -11,43 +11,67 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlparse, urlunparse
+from typing import TYPE_CHECKING, Any
 
-from runstream.consumer.dsn import default_dsn
-from runstream.consumer.service import ConsumerSettings
-from runstream.producer.kafka_settings import KafkaConfigError, read_config_file, resolve_options
+from pydantic import Field
+
+from runstream.consumer.clickhouse_settings import ClickHouseSettings
+from runstream.producer.kafka_settings import KafkaConfigError, resolve_options
+from runstream.producer.settings_layer import Settings, SettingsError, env, read_config_file
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
-#: Consumer keys: (type, environment variable, default).
-CONSUMER_KEYS: dict[str, tuple[type, str, Any]] = {
-    "kafka": (str, "RUNSTREAM_KAFKA", None),
-    "clickhouse": (str, "RUNSTREAM_CLICKHOUSE", None),
-    "topic_prefix": (str, "RUNSTREAM_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX),
-    "group": (str, "RUNSTREAM_GROUP", "runstream-consumer"),
-    "batch_max_points": (int, "RUNSTREAM_BATCH_MAX_POINTS", 500_000),
-    "batch_max_messages": (int, "RUNSTREAM_BATCH_MAX_MESSAGES", 20_000),
-    "batch_max_wait": (float, "RUNSTREAM_BATCH_MAX_WAIT", 1.0),
-    "partitions": (int, "RUNSTREAM_PARTITIONS", 6),
-    # topics this consumer creates: None = the broker's default replication factor; min.insync.replicas
-    # None = 2 when the effective factor is >= 3 (see topics_admin.ensure_topics)
-    "replication_factor": (int, "RUNSTREAM_REPLICATION_FACTOR", None),
-    "min_insync_replicas": (int, "RUNSTREAM_MIN_INSYNC_REPLICAS", None),
-    "listen": (str, "RUNSTREAM_LISTEN", None),
-    "idle_exit": (float, "RUNSTREAM_IDLE_EXIT", None),
-    # None = derived from the host name (see default_instance_id); "" = no static membership.
-    "instance_id": (str, "RUNSTREAM_INSTANCE_ID", None),
-}
+#: The consumer's defaults, one definition shared by `ConsumerOptions` (what users set) and
+#: `ConsumerSettings` (what the service runs with), kept here so that `runstream config` loads without
+#: the server extra. The batch wait was chosen by bench/freshness.py: the longest wait (fewest inserts)
+#: whose p99 from `log()` to a queryable row stays under 2 s (bench/results/freshness.md).
+DEFAULT_GROUP = "runstream-consumer"
+DEFAULT_BATCH_MAX_POINTS = 500_000
+DEFAULT_BATCH_MAX_MESSAGES = 20_000
+DEFAULT_BATCH_MAX_WAIT_S = 0.5
+DEFAULT_PARTITIONS = 6
 
-#: librdkafka options (`[kafka]` table, RUNSTREAM_KAFKA_* variables, --kafka-option) are resolved by
-#: runstream.producer.kafka_settings, the definition every Kafka client of runstream shares.
+if TYPE_CHECKING:  # the service needs the server extra; the settings model (`runstream config`) does not
+    from runstream.consumer.service import ConsumerSettings
 
-CLICKHOUSE_KEYS = {"user": "RUNSTREAM_CLICKHOUSE_USER", "password": "RUNSTREAM_CLICKHOUSE_PASSWORD"}
-SECTIONS = ("consumer", "kafka", "clickhouse")
+#: Tables a runstream config file may hold (one file serves the SDK, the consumer and the monitor).
+SECTIONS = ("consumer", "kafka", "clickhouse", "producer", "monitor")
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A configuration value or key that cannot be used; the message names it (never a secret's value)."""
+
+
+class ConsumerOptions(Settings):
+    """The consumer's own settings: each is `--<name>` (dashes), `RUNSTREAM_<NAME>` and `[consumer] <name>`.
+
+    librdkafka options (`[kafka]` table, RUNSTREAM_KAFKA_* variables, --kafka-option) are resolved by
+    runstream.producer.kafka_settings, and the ClickHouse credentials by runstream.consumer.clickhouse_settings.
+    """
+
+    config_table = "consumer"
+    component = "consumer"
+
+    kafka: str | None = Field(default=None, description="bootstrap servers (required)")
+    clickhouse: str | None = Field(default=None, description="ClickHouse DSN (also [clickhouse] dsn)")
+    topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, description="prefix of the topic names")
+    group: str = Field(default=DEFAULT_GROUP, description="consumer group id")
+    batch_max_points: int = Field(default=DEFAULT_BATCH_MAX_POINTS,
+                                   description="write a batch once it holds this many points")
+    batch_max_messages: int = Field(default=DEFAULT_BATCH_MAX_MESSAGES,
+                                     description="write a batch once it holds this many messages")
+    batch_max_wait: float = Field(default=DEFAULT_BATCH_MAX_WAIT_S,
+                                   description="seconds after a batch's first message it is written")
+    partitions: int = Field(default=DEFAULT_PARTITIONS,
+                             description="partitions of topics this consumer creates")
+    replication_factor: int | None = Field(
+        default=None, description="replication factor of topics created (None: the brokers' default)")
+    min_insync_replicas: int | None = Field(
+        default=None, description="min.insync.replicas of topics created (None: 2 when the factor is >= 3)")
+    listen: str | None = Field(default=None, description="HOST:PORT serving /metrics, /healthz, /readyz")
+    idle_exit: float | None = Field(default=None, description="exit after this many seconds without messages")
+    instance_id: str | None = Field(
+        default=None, json_schema_extra=env("RUNSTREAM_INSTANCE_ID"),
+        description="group.instance.id (None: the host name; '' or RUNSTREAM_INSTANCE_ID='': no static membership)")
 
 
 @dataclass(frozen=True)
@@ -73,56 +97,20 @@ def default_instance_id() -> str:
     return socket.gethostname() or "runstream-consumer"
 
 
-def _coerce(key: str, kind: type, value: Any, where: str) -> Any:
-    if value is None:
-        return None
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a string, got {type(value).__name__}")
-        return value
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} must be {kind.__name__}, got {value!r}") from None
-
-
 def read_file(path: Path) -> dict[str, Any]:
+    """The config file, its tables checked by name (the keys of each are checked by its settings model)."""
     data = read_config_file(path, ConfigError)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(unknown)}; "
                           f"expected {', '.join(SECTIONS)}")
-    consumer = data.get("consumer", {})
-    bad = sorted(set(consumer) - set(CONSUMER_KEYS))
-    if bad:
-        raise ConfigError(f"config file {str(path)!r}: unknown key(s) in [consumer]: {', '.join(bad)}; "
-                          f"known: {', '.join(CONSUMER_KEYS)}")
-    clickhouse = data.get("clickhouse", {})
-    bad = sorted(set(clickhouse) - set(CLICKHOUSE_KEYS))
-    if bad:
-        raise ConfigError(f"config file {str(path)!r}: unknown key(s) in [clickhouse]: {', '.join(bad)}; "
-                          f"known: {', '.join(CLICKHOUSE_KEYS)}")
+    for section in SECTIONS:
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"config file {str(path)!r}: [{section}] must be a table")
     for key, value in data.get("kafka", {}).items():
         if not isinstance(value, str | int | float | bool):
             raise ConfigError(f"config file {str(path)!r}: [kafka] {key} must be a scalar")
     return data
-
-
-def with_credentials(dsn: str, user: str | None, password: str | None) -> str:
-    """The DSN with a user and password put in (percent-encoded), for credentials kept out of DSNs."""
-    if not user and not password:
-        return dsn
-    parsed = urlparse(dsn)
-    if parsed.scheme not in ("http", "https"):
-        raise ConfigError("clickhouse user/password apply to http(s) DSNs only")
-    user = user or parsed.username or "default"
-    host = parsed.hostname or ""
-    netloc = f"{quote(user, safe='')}:{quote(password or parsed.password or '', safe='')}@{host}"
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return urlunparse(parsed._replace(netloc=netloc))
 
 
 def load_consumer_config(
@@ -132,40 +120,36 @@ def load_consumer_config(
     kafka_arguments: Mapping[str, str] | None = None,
 ) -> ConsumerConfig:
     """Merge the three sources; `arguments` holds only options given on the command line (None = not given)."""
+    from runstream.consumer.service import ConsumerSettings
+
     data = read_file(file) if file else {}
-    from_file = data.get("consumer", {})
-    merged: dict[str, Any] = {}
-    for key, (kind, env_name, default) in CONSUMER_KEYS.items():
-        if arguments.get(key) is not None:
-            merged[key] = _coerce(key, kind, arguments[key], "command line")
-        elif environment.get(env_name):
-            merged[key] = _coerce(key, kind, environment[env_name], f"environment {env_name}")
-        elif key in from_file:
-            merged[key] = _coerce(key, kind, from_file[key], f"config file [consumer] {key}")
-        else:
-            merged[key] = default
+    try:
+        options = ConsumerOptions.load(arguments, environ=environment, config_file=file,
+                                       table=data.get("consumer", {}))
+        clickhouse = ClickHouseSettings.load({"dsn": options.clickhouse}, environ=environment, config_file=file,
+                                             table=data.get("clickhouse", {}))
+    except SettingsError as error:
+        raise ConfigError(str(error)) from None
+    instance_id = options.instance_id
     if arguments.get("instance_id") is None and environment.get("RUNSTREAM_INSTANCE_ID") == "":
-        merged["instance_id"] = ""  # set but empty: static membership off
-    if not merged["kafka"]:
+        instance_id = ""  # set but empty: static membership off
+    if not options.kafka:
         raise ConfigError("kafka: bootstrap servers are required (--kafka, RUNSTREAM_KAFKA or [consumer] kafka)")
     try:  # per option: command line > RUNSTREAM_KAFKA_* > [kafka]; reserved and unknown options rejected
         kafka_options = resolve_options(kafka_arguments, environ=environment, file_options=data.get("kafka", {}),
                                         file_name=f"config file {str(file)!r}" if file else "config file")
     except KafkaConfigError as error:
         raise ConfigError(str(error)) from None
-    clickhouse_file = data.get("clickhouse", {})
-    user = environment.get(CLICKHOUSE_KEYS["user"]) or clickhouse_file.get("user")
-    password = environment.get(CLICKHOUSE_KEYS["password"]) or clickhouse_file.get("password")
-    dsn = with_credentials(merged["clickhouse"] or default_dsn(), user, password)
     try:
         settings = ConsumerSettings(
-            kafka=merged["kafka"], clickhouse=dsn, topic_prefix=merged["topic_prefix"], group_id=merged["group"],
-            batch_max_points=merged["batch_max_points"], batch_max_messages=merged["batch_max_messages"],
-            batch_max_wait_s=merged["batch_max_wait"], partitions=merged["partitions"],
-            instance_id=default_instance_id() if merged["instance_id"] is None else merged["instance_id"] or None,
-            replication_factor=merged["replication_factor"], min_insync_replicas=merged["min_insync_replicas"],
+            kafka=options.kafka, clickhouse=clickhouse.authenticated_dsn(), topic_prefix=options.topic_prefix,
+            group_id=options.group, batch_max_points=options.batch_max_points,
+            batch_max_messages=options.batch_max_messages, batch_max_wait_s=options.batch_max_wait,
+            partitions=options.partitions,
+            instance_id=default_instance_id() if instance_id is None else instance_id or None,
+            replication_factor=options.replication_factor, min_insync_replicas=options.min_insync_replicas,
             kafka_options=kafka_options,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return ConsumerConfig(settings, merged["listen"], merged["idle_exit"])
+    return ConsumerConfig(settings, options.listen, options.idle_exit)

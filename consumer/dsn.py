@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+from urllib.parse import parse_qs, unquote, urlencode, urlparse, urlunparse
 
 DEFAULT_DATABASE = "runstream"
 DEFAULT_CHDB_PATH = Path.home() / ".runstream" / "clickhouse"
@@ -62,13 +62,17 @@ def _check_database(dsn: str, database: str) -> None:
         raise ValueError(f"clickhouse DSN {redact(dsn)!r}: invalid database name {database!r}")
 
 
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>.*)@")
+
+
 def redact(dsn: str) -> str:
-    """The DSN with any password replaced, for logs and error messages."""
-    parsed = urlparse(dsn)
-    if parsed.password is None:
-        return dsn
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return urlunparse(parsed._replace(netloc=netloc))
+    """The DSN with any password replaced, for logs and error messages.
+
+    Everything from the user's colon to the last '@' is masked, so a password that was not percent-encoded
+    (and holds '/', ':' or '@', which a URL parser would split elsewhere) is masked whole; masking too much
+    is the safe mistake.
+    """
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", dsn, count=1)
 
 
 def connect(dsn: str, *, create_database: bool = True) -> tuple[Any, str]:
@@ -105,5 +109,8 @@ def connect(dsn: str, *, create_database: bool = True) -> tuple[Any, str]:
 
 
 def _scrub(text: str, dsn: str) -> str:
+    """The driver's message without the password, as written in the DSN or percent-decoded."""
     password = urlparse(dsn).password
-    return text.replace(password, "***") if password else text
+    for form in sorted({password, unquote(password)} if password else set(), key=len, reverse=True):
+        text = text.replace(form, "***") if form else text
+    return redact(text)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runstream.consumer.batch import Batch, InvalidEvent
 from runstream.consumer.clickhouse_sink import ClickHouseSink
+from runstream.progress import bar
 from runstream.schemas.spool import read_spool_file, recover_open_files, spool_files
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,12 @@ class IngestReport:
     unreadable: list[Path] = field(default_factory=list)  # open files that are not container files
 
 
-def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 500_000) -> IngestReport:
+def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 500_000,
+                 progress: bool | None = None) -> IngestReport:
     """Recover dead writers' files, then load every sealed spool file under `folder`.
 
-    Loading the same files twice stores nothing twice (read with FINAL).
+    Loading the same files twice stores nothing twice (read with FINAL). `progress`: a bar of the
+    files' bytes on stderr (None: when stderr is a terminal; see runstream.progress).
     """
     report = IngestReport()
     recovery = recover_open_files(folder)
@@ -45,19 +48,31 @@ def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 
         recovery.cut_records
     report.live, report.unreadable = recovery.live, recovery.unreadable
     batch = Batch()
-    for path in spool_files(folder):
-        report.files += 1
-        for event_type, record in read_spool_file(path):
-            try:
-                batch.add(event_type, record)
-            except InvalidEvent as error:
-                report.rejected.append(f"{path}: {error}")
-                log.error("rejected an event in %s: %s", path, error)
-            if batch.points >= batch_max_points:
-                _write(sink, batch, report)
-                batch = Batch()
-    _write(sink, batch, report)
+    files = spool_files(folder)
+    sizes = [_size(path) for path in files]
+    with bar("ingest", sum(sizes), byte_units=True, show=progress) as loaded:
+        for path, size in zip(files, sizes, strict=True):
+            report.files += 1
+            for event_type, record in read_spool_file(path):
+                try:
+                    batch.add(event_type, record)
+                except InvalidEvent as error:
+                    report.rejected.append(f"{path}: {error}")
+                    log.error("rejected an event in %s: %s", path, error)
+                if batch.points >= batch_max_points:
+                    _write(sink, batch, report)
+                    batch = Batch()
+            loaded.set_postfix_str(f"{report.files}/{len(files)} files", refresh=False)
+            loaded.update(size)
+        _write(sink, batch, report)
     return report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone meanwhile: nothing to count
+        return 0
 
 
 def _write(sink: ClickHouseSink, batch: Batch, report: IngestReport) -> None:

@@ -83,10 +83,21 @@ class KafkaSource:
 
     def poll(self, max_messages: int, timeout: float) -> list[Any]:
         """Messages that arrived (possibly none). A broker that is away is logged and waited out
-        (librdkafka reconnects by itself); only fatal client errors raise."""
+        (librdkafka reconnects by itself); only fatal client errors raise.
+
+        Whatever is already fetched is taken at once, and the wait (up to `timeout`) is only for a
+        first message when none is: librdkafka's `consume` would otherwise hold the loop until
+        `max_messages` arrived or the timeout passed, idle while messages wait to be decoded."""
         from confluent_kafka import KafkaError, KafkaException
 
-        messages = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        messages = self._consumer.consume(num_messages=max_messages, timeout=0)
+        if not messages:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            messages = [first]
+            if max_messages > 1:
+                messages += self._consumer.consume(num_messages=max_messages - 1, timeout=0)
         good = []
         for message in messages:
             error = message.error()

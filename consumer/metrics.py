@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -10,6 +12,7 @@ class ConsumerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.messages = Counter("runstream_consumer_messages", "Kafka messages consumed", ["topic"], registry=r)
+        self._messages_of: dict[str, Any] = {}
         self.events = Counter("runstream_consumer_events", "Events stored, by type", ["event_type"], registry=r)
         self.points = Counter("runstream_consumer_metric_points", "Metric points stored", registry=r)
         self.rows = Counter("runstream_consumer_rows_inserted", "Rows inserted, by table", ["table"], registry=r)
@@ -57,3 +60,10 @@ class ConsumerMetrics:
         self.last_commit = Gauge(
             "runstream_consumer_last_commit_timestamp_seconds", "Unix time of the last successful commit", registry=r
         )
+
+    def messages_of(self, topic: str) -> Any:
+        """The message counter of one topic, looked up once (a label lookup takes a lock and a hash)."""
+        child = self._messages_of.get(topic)
+        if child is None:
+            child = self._messages_of[topic] = self.messages.labels(topic)
+        return child

@@ -23,6 +23,9 @@ The storage model (docs/storage.md has the measurements behind every choice):
   first and last sample time per 150 s slot (`gpu_held_slots`), so its GPU-seconds follow the one
   definition of GPU-hours (`runstream.monitoring.gpu_hours`, gaps over 5 minutes not held) exactly,
   redelivered or not; its means weigh a redelivered sample twice.
+- `run_summary` (migration 7, `runstream.consumer.run_summary`) is one row per run that the run
+  list, the filter and the leaderboard read; the sink rewrites a run's row, exactly, after each
+  batch that touches the run, so the exact (FINAL) path is paid once per write, not on every read.
 
 `MIGRATIONS` renders these table specs for one server; `runstream.consumer.cluster` renders the
 same specs as ON CLUSTER DDL with Replicated engines and Distributed tables. Changing the schema:
@@ -40,8 +43,9 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from runstream.analysis.views import ANALYSIS_VIEWS
+from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBOARD, RUN_OVERVIEW
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
+from runstream.consumer.run_summary import BACKFILL_SQL, RUN_KEYS, RUN_KEYS_MV, RUN_SUMMARY
 from runstream.consumer.table_spec import MaterializedView, Table, View
 from runstream.monitoring.gpu_hours import SAMPLE_MS_SQL, SLOT_OF_SAMPLE_SQL, slot_held_ms_sql
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
@@ -543,10 +547,11 @@ ROLLUP_MVS: tuple[MaterializedView, ...] = (METRIC_SUMMARY_MV, GPU_USAGE_HOURLY_
 GPU_HELD_TABLES: tuple[Table, ...] = (GPU_HELD_SLOTS,)
 GPU_HELD_MVS: tuple[MaterializedView, ...] = (GPU_HELD_SLOTS_MV,)
 #: Every MV of every migration (the cluster DDL reads this).
-MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS
+MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS + (RUN_KEYS_MV,)
 RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
-TABLES: tuple[Table, ...] = FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
+TABLES: tuple[Table, ...] = (FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
+                             + (RUN_SUMMARY, RUN_KEYS))
 VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS
 
 
@@ -657,15 +662,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         # Views read before this version (and the analysis views `ensure_views` used to create on read)
         # are replaced: dependants first.
         + tuple(f"DROP VIEW IF EXISTS {_DB}.{view.name}"
-                for view in (*reversed(ANALYSIS_VIEWS), GPU_USAGE_BY_RUN, GPU_USAGE_HOURLY))
-        + tuple(create_view_sql(view, _DB) for view in (GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN, *ANALYSIS_VIEWS)),
+                for view in (*reversed(ANALYSIS_VIEWS_V6), GPU_USAGE_BY_RUN, GPU_USAGE_HOURLY))
+        + tuple(create_view_sql(view, _DB) for view in (GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN, *ANALYSIS_VIEWS_V6)),
     ),
     Migration(
         6,
         "exact metric_summary when a step is logged again (repeated steps summarised from FINAL); views replaced",
         # Views hold no data: replaced in place, so that a reader never finds one missing. The analysis
         # views are replaced too, so that an existing database gets their current definitions.
-        tuple(_replace_view_sql(view) for view in (METRIC_SUMMARY, *ANALYSIS_VIEWS)),
+        tuple(_replace_view_sql(view) for view in (METRIC_SUMMARY, *ANALYSIS_VIEWS_V6)),
+    ),
+    Migration(
+        7,
+        "run_summary: the compact per-run summary the run list, the filter and the leaderboard read",
+        # Created (with the names filters may use, fed by an MV), filled from the runs already stored,
+        # then the two views that read it replace their per-read computation (in place: a reader never
+        # finds one missing).
+        (create_table_sql(RUN_SUMMARY, f"{_DB}.{RUN_SUMMARY.name}"),
+         create_table_sql(RUN_KEYS, f"{_DB}.{RUN_KEYS.name}"),
+         create_materialized_view_sql(RUN_KEYS_MV, _DB), BACKFILL_SQL)
+        + tuple(_replace_view_sql(view) for view in (RUN_OVERVIEW, LEADERBOARD)),
     ),
 )
 

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ from typing import Any
 
 from runstream.consumer.batch import TABLE_COLUMNS, Batch, InvalidEvent
 from runstream.consumer.clickhouse_sink import ClickHouseSink, blames_the_rows
+from runstream.consumer.config import (
+    DEFAULT_BATCH_MAX_MESSAGES,
+    DEFAULT_BATCH_MAX_POINTS,
+    DEFAULT_BATCH_MAX_WAIT_S,
+    DEFAULT_GROUP,
+    DEFAULT_PARTITIONS,
+)
 from runstream.consumer.dead_letters import DeadLetters
 from runstream.consumer.kafka_source import KafkaSource
 from runstream.consumer.metrics import ConsumerMetrics
@@ -35,6 +43,25 @@ REJECTED_BY_CLICKHOUSE = "rejected_by_clickhouse"
 
 def _message_key(message: Any) -> tuple[str, int, int]:
     return (message.topic(), message.partition(), message.offset())
+
+
+#: The fewest bytes a metric point takes in a metric_steps body (a one-byte index, step and time, and
+#: an 8-byte value): a chunk of N bytes holds at most N / MIN_POINT_BYTES points.
+MIN_POINT_BYTES = 11
+
+
+def _chunk_size(messages: list[Any], message_room: int, point_room: int) -> int:
+    """How many of `messages` to add to the batch at once: no more than it has room for, in messages
+    and (bounded by their size, before decoding) in points; always at least one."""
+    budget = max(point_room, 0) * MIN_POINT_BYTES
+    take = size = 0
+    for message in messages[: max(message_room, 1)]:
+        value = message.value()
+        size += len(value) if value else 0
+        if take and size > budget:
+            break
+        take += 1
+    return take
 
 #: The consumer's write retries: no attempt limit and no deadline, because a storage outage (a full
 #: disk, a read-only volume, ClickHouse restarting) may last longer than any give-up, and exiting
@@ -57,12 +84,12 @@ class ConsumerSettings:
     kafka: str
     clickhouse: str = field(repr=False)  # may hold a password
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
-    group_id: str = "runstream-consumer"
-    batch_max_points: int = 500_000
-    batch_max_messages: int = 20_000
-    batch_max_wait_s: float = 1.0
+    group_id: str = DEFAULT_GROUP
+    batch_max_points: int = DEFAULT_BATCH_MAX_POINTS
+    batch_max_messages: int = DEFAULT_BATCH_MAX_MESSAGES
+    batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S
     poll_timeout_s: float = 0.25
-    partitions: int = 6
+    partitions: int = DEFAULT_PARTITIONS
     #: `group.instance.id` (static membership): a restarted consumer with the same id takes its
     #: partitions back at once; None or "" = dynamic membership. Must be unique within the group.
     instance_id: str | None = None
@@ -163,11 +190,14 @@ class ConsumerService:
                     last_message = now
                     if self.stats.first_message_at is None:
                         self.stats.first_message_at = now
-                for message in messages:
+                rest = messages
+                while rest:
                     if not held:
                         opened = now
-                    self._add(batch, message)
-                    held.append(message)
+                    take = _chunk_size(rest, s.batch_max_messages - len(held), s.batch_max_points - batch.points)
+                    chunk, rest = rest[:take], rest[take:]
+                    self._add_messages(batch, chunk)
+                    held.extend(chunk)
                     if batch.points >= s.batch_max_points or len(held) >= s.batch_max_messages:
                         self._write_and_commit(batch, held)
                         batch, held = Batch(), []
@@ -187,15 +217,13 @@ class ConsumerService:
         self.stats.rows = dict(self.sink.rows_written)
         return self.stats
 
-    def _add(self, batch: Batch, message: Any) -> None:
-        self.stats.messages += 1
-        self.metrics.messages.labels(message.topic()).inc()
-        try:
-            event_type, record = self.decoder.decode(
-                message.value(), partition=message.partition(), offset=message.offset()
-            )
-            batch.add(event_type, record)
-        except (DecodeError, InvalidEvent) as error:
+    def _add_messages(self, batch: Batch, messages: list[Any]) -> None:
+        """Add a chunk of a poll to the batch (decoded and checked together, see `Batch.add_messages`)
+        and dead-letter exactly the messages it rejects; the message counter moves once per topic."""
+        self.stats.messages += len(messages)
+        for topic, count in Counter([message.topic() for message in messages]).items():
+            self.metrics.messages_of(topic).inc(count)
+        for message, error in batch.add_messages(self.decoder, messages):
             batch.rejected.add(_message_key(message))
             self._dead_letter(message, error.reason, str(error))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -17,30 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from runstream.analysis.cli import clickhouse_errors
-from runstream.consumer.dsn import default_dsn
+from runstream.consumer.clickhouse_settings import add_clickhouse_option, connect_clickhouse
 from runstream.output import FORMATS, render
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _clickhouse(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--clickhouse", default=os.environ.get("RUNSTREAM_CLICKHOUSE") or default_dsn(), metavar="DSN",
-        help="ClickHouse: chdb:///abs/path or http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE; "
-        "RUNSTREAM_CLICKHOUSE_USER and RUNSTREAM_CLICKHOUSE_PASSWORD add credentials to an http(s) DSN]",
-    )
+_clickhouse = add_clickhouse_option  # the one --clickhouse (credentials from RUNSTREAM_CLICKHOUSE_USER/_PASSWORD)
 
 
 def _connect(args: argparse.Namespace) -> tuple[Any, str]:
-    from runstream.consumer.config import with_credentials
-    from runstream.consumer.dsn import connect
     from runstream.consumer.migrations import require_migrated
 
-    dsn = args.clickhouse
-    if dsn.startswith(("http://", "https://")):  # credentials from the environment, as for `consume`
-        dsn = with_credentials(dsn, os.environ.get("RUNSTREAM_CLICKHOUSE_USER"),
-                               os.environ.get("RUNSTREAM_CLICKHOUSE_PASSWORD"))
-    client, database = connect(dsn, create_database=False)
+    client, database = connect_clickhouse(args)
     require_migrated(client, database)
     return client, database
 
@@ -52,10 +40,13 @@ def add_parsers(commands: Any) -> None:
         "trailing --drift-window, GPU cost burn rates, budget usage and idle-GPU cost in ClickHouse, and serve "
         "them on /metrics (plus /healthz, /readyz). deploy/prometheus/runstream-alerts.yml alerts on them.")
     _clickhouse(monitor)
-    monitor.add_argument("--listen", default=":9109", metavar="HOST:PORT", help="where to serve (default %(default)s)")
-    monitor.add_argument("--interval", type=float, default=30.0, metavar="SECONDS", help="refresh period (default 30)")
-    monitor.add_argument("--drift-window", type=int, default=3600, metavar="SECONDS",
-                         help="drift and performance over this trailing window (default 3600)")
+    monitor.add_argument("--listen", default=None, metavar="HOST:PORT",
+                         help="where to serve (default :9109) [env RUNSTREAM_MONITOR_LISTEN; [monitor] listen]")
+    monitor.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                         help="refresh period (default 30) [env RUNSTREAM_MONITOR_INTERVAL; [monitor] interval_s]")
+    monitor.add_argument("--drift-window", type=int, default=None, metavar="SECONDS",
+                         help="drift and performance over this trailing window (default 3600) "
+                         "[env RUNSTREAM_MONITOR_DRIFT_WINDOW; [monitor] drift_window_s]")
 
     cost = commands.add_parser("cost", help="GPU price table, cost reports and budgets")
     cost_sub = cost.add_subparsers(dest="cost_command", required=True, metavar="COMMAND")
@@ -80,13 +71,16 @@ def add_parsers(commands: Any) -> None:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from runstream.consumer.health_server import HealthServer
-    from runstream.monitoring.exporter import Exporter, ExporterSettings
+    from runstream.monitoring.exporter import Exporter
+    from runstream.monitoring.settings import ExporterSettings
 
+    settings = ExporterSettings.load({"listen": args.listen, "interval_s": args.interval,
+                                      "drift_window_s": args.drift_window}, config_file=args.config)
     client, database = _connect(args)
-    monitor = Exporter(client, database, ExporterSettings(drift_window_s=args.drift_window, interval_s=args.interval))
-    server = HealthServer(args.listen, monitor.registry, alive=lambda: True, ready=monitor.healthy)
+    monitor = Exporter(client, database, settings)
+    server = HealthServer(settings.listen, monitor.registry, alive=lambda: True, ready=monitor.healthy)
     server.start()
-    print(f"runstream monitor: serving /metrics on port {server.port}, refreshing every {args.interval:g} s",
+    print(f"runstream monitor: serving /metrics on port {server.port}, refreshing every {settings.interval_s:g} s",
           flush=True)
     stop = threading.Event()
     def on_signal(*_: object) -> None:

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -21,23 +20,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from runstream.monitoring import cost, drift
+from runstream.monitoring.settings import ExporterSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExporterSettings:
-    drift_window_s: int = 3600  # drift and performance over the trailing window
-    interval_s: float = 30.0
-    burn_window_s: int = 24 * 3600
-    idle_window_s: int = 3600
-
-    def __post_init__(self) -> None:
-        if self.drift_window_s <= 0:
-            raise ValueError(f"drift_window_s: expected seconds > 0, got {self.drift_window_s!r}")
-        if self.interval_s <= 0:
-            raise ValueError(f"interval_s: expected seconds > 0, got {self.interval_s!r}")
-
 
 _DRIFT_LABELS = ["model", "version", "feature"]
 _PERF_LABELS = ["model", "version", "metric"]

@@ -2,22 +2,23 @@
 
 Files are read in chunks (never whole into memory); a folder's digest covers every file's
 relative path and bytes in sorted order, so renaming or editing any file changes it. Inputs
-above `max_bytes` are refused rather than silently hashed for minutes; large inputs show a
-progress line on stderr.
+above `max_bytes` are refused rather than silently hashed for minutes; hashing that takes over a
+second shows a bar of bytes on stderr when stderr is a terminal (`runstream.progress`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
+from runstream.progress import bar
+
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 64 * 1024**3
-PROGRESS_ABOVE_BYTES = 256 * 1024**2
+#: Unasked, the bar appears only for hashing that lasts longer than this.
+PROGRESS_DELAY_S = 1.0
 
 
 def _files(root: Path) -> list[Path]:
@@ -39,29 +40,24 @@ def hash_path(
     progress: bool | None = None,
     stream: TextIO | None = None,
 ) -> str:
-    """SHA-256 of a file or folder; raises ValueError naming the path when it exceeds `max_bytes`."""
+    """SHA-256 of a file or folder; raises ValueError naming the path when it exceeds `max_bytes`.
+
+    `progress`: True shows a bar of bytes on `stream` (default stderr) at once, False never; None (the
+    default) shows it for hashing that lasts over a second when stderr is a terminal or RUNSTREAM_PROGRESS=1.
+    """
     root = Path(path)
     files = _files(root)
     total = sum(f.stat().st_size for f in files)
     if total > max_bytes:
         raise ValueError(f"data path {str(root)!r}: {total} bytes exceeds max_bytes={max_bytes}; raise the limit")
-    show = total > PROGRESS_ABOVE_BYTES if progress is None else progress
-    out = stream or sys.stderr
     digest = hashlib.sha256()
-    done = 0
-    last_report = 0.0
-    for file in files:
-        if root.is_dir():
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-                done += len(chunk)
-                if show and time.monotonic() - last_report >= 0.5:
-                    last_report = time.monotonic()
-                    out.write(f"\rhashing {root}: {done / max(total, 1):6.1%} of {total / 1e6:,.0f} MB")
-                    out.flush()
-    if show:
-        out.write(f"\rhashing {root}: 100.0% of {total / 1e6:,.0f} MB\n")
-        out.flush()
+    with bar(f"hashing {root}", total, byte_units=True, show=progress, stream=stream,
+             delay=PROGRESS_DELAY_S if progress is None else 0.0) as shown:
+        for file in files:
+            if root.is_dir():
+                digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+            with open(file, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+                    shown.update(len(chunk))
     return f"sha256:{digest.hexdigest()}"

@@ -7,7 +7,7 @@ It owns three things no client may do on its own:
   (`RUNSTREAM_KAFKA` itself stays the bootstrap servers; `RUNSTREAM_KAFKA_SASL_PASSWORD` is the
   librdkafka option `sasl.password`), then the `[kafka]` table of a TOML file;
 - secrets (`sasl.password`, `ssl.key.password`, any option whose name ends in `password` or
-  `secret`, private keys in PEM): held in `Secret`, which never prints, and scrubbed from every
+  `secret`, private keys in PEM): held in `Secret` (a pydantic `SecretStr`), which never prints, and scrubbed from every
   error librdkafka raises while a client is built;
 - the delivery guarantees (acks=all with idempotence for producers, manual offset commits and
   the group id for the consumer): set last by the config builders, and the options that would
@@ -20,17 +20,18 @@ import hmac
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import SecretStr
+
+from runstream.producer.settings_layer import CONFIG_ENV, read_config_file
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "RUNSTREAM_KAFKA_"
-#: The TOML file the SDK, `runstream run` and `runstream sync` read (`[kafka]` table) when no `--config` is given.
-CONFIG_ENV = "RUNSTREAM_CONFIG"
 
 #: Options that would break a delivery guarantee or bypass a field, with what to do instead.
 RESERVED: dict[str, str] = {
@@ -70,22 +71,15 @@ def is_secret(key: str) -> bool:
     return key.endswith(("password", "secret")) or key in SECRET_NAMES
 
 
-class Secret:
-    """A string that never prints: repr, str and format show asterisks; `get_secret_value()` is the only way out.
-
-    A class of our own rather than pydantic's SecretStr keeps the SDK a training job installs free of
-    pydantic; it is hashable because producer settings are dictionary keys.
-    """
-
-    __slots__ = ("_value",)
+class Secret(SecretStr):
+    """pydantic's `SecretStr` (the project's one secret type: repr, str and format show asterisks,
+    `get_secret_value()` is the only way out), refusing a non-string at construction and compared in
+    constant time; hashable because producer settings are dictionary keys."""
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"secret: expected a string, got {type(value).__name__}")
-        self._value = value
-
-    def get_secret_value(self) -> str:
-        return self._value
+        super().__init__(value)
 
     def __repr__(self) -> str:
         return f"Secret('{_MASK}')"
@@ -97,15 +91,15 @@ class Secret:
         return format(_MASK, spec)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
+        if not isinstance(other, SecretStr):
             return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
+        return hmac.compare_digest(self.get_secret_value().encode(), other.get_secret_value().encode())
 
     def __hash__(self) -> int:
-        return hash((Secret, self._value))
+        return hash((Secret, self.get_secret_value()))
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self.get_secret_value())
 
 
 OptionValue = str | Secret
@@ -125,6 +119,8 @@ def _normalise(key: Any, value: Any, where: str) -> tuple[str, OptionValue]:
         raise KafkaConfigError(f"{where}: Kafka option {key!r} is reserved: {RESERVED[key]}")
     if isinstance(value, Secret):
         return key, value
+    if isinstance(value, SecretStr):  # pydantic's own, as a settings model or a caller may hold it
+        return key, Secret(value.get_secret_value())
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str | int | float):
@@ -168,19 +164,6 @@ def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
         for name, value in environ.items()
         if name.startswith(ENV_PREFIX) and value != "" and not _SERVICE_LINK.fullmatch(name[len(ENV_PREFIX):])
     }
-
-
-def read_config_file(path: Path, error: type[ValueError]) -> dict[str, Any]:
-    """A runstream TOML config file as a dict; a missing or malformed file raises `error` naming the file.
-
-    The consumer's file and the SDK's `RUNSTREAM_CONFIG` are the same file, read by this one function.
-    """
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise error(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as decode_error:
-        raise error(f"config file {str(path)!r}: {decode_error}") from None
 
 
 def read_kafka_table(path: Path) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Producer settings: one frozen object, from arguments first, then `RUNSTREAM_*` environment variables.
+"""Producer settings: one frozen object (the SDK's, `runstream run`'s and the integrations'), on the
+project's settings layer (runstream.producer.settings_layer): arguments > `RUNSTREAM_*` environment >
+the `[producer]` table of the config file (`RUNSTREAM_CONFIG`) > defaults.
 
 The Kafka part (bootstrap servers, security and other librdkafka options) is resolved by
 `runstream.producer.kafka_settings`, the one definition every Kafka client shares.
@@ -6,24 +8,19 @@ The Kafka part (bootstrap servers, security and other librdkafka options) is res
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, ValidationInfo, field_validator
+
 from runstream.producer.kafka_settings import KafkaSettings, Options, normalise_options, resolve_options
+from runstream.producer.settings_layer import Settings, env
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
 DEFAULT_SPOOL = Path.home() / ".runstream" / "spool"
-#: Queue and shutdown settings read from the environment: (variable, setting, type).
-_NUMERIC_ENV: tuple[tuple[str, str, type[int] | type[float]], ...] = (
-    ("RUNSTREAM_QUEUE_CAPACITY_BYTES", "queue_capacity_bytes", int),
-    ("RUNSTREAM_SHUTDOWN_TIMEOUT", "shutdown_timeout_s", float),
-)
 
 
-@dataclass(frozen=True)
-class ProducerSettings:
+class ProducerSettings(Settings):
     """Where events go and how they are batched.
 
     With no `kafka` bootstrap servers the run is offline: events are written to the spool
@@ -33,38 +30,60 @@ class ProducerSettings:
     (they key the process's workers).
     """
 
-    kafka: str | None = None
-    kafka_options: Options = field(default=())
-    topic_prefix: str = DEFAULT_TOPIC_PREFIX
-    spool: Path = DEFAULT_SPOOL
-    flush_interval_s: float = 0.2
-    max_points_per_event: int = 50_000
-    #: Bytes the queue between `log()` and the worker may hold (an estimate made on the training
-    #: thread, see `worker.item_bytes`); at the bound `log()` waits briefly, then drops and counts.
-    queue_capacity_bytes: int = 64 * 1024 * 1024
-    flush_timeout_s: float = 30.0
-    #: How long SIGTERM may take to finish open runs and flush, wherever it lands (even inside `flush()`).
-    shutdown_timeout_s: float = 10.0
-    sample_interval_s: float = 5.0
-    delivery_timeout_s: float = 30.0
-    log_all_ranks: bool = False
+    config_table = "producer"
+    component = "producer"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kafka_options", normalise_options(self.kafka_options))
-        if self.flush_interval_s <= 0:
-            raise ValueError(f"flush_interval_s: expected a positive number of seconds, got {self.flush_interval_s!r}")
-        if self.max_points_per_event < 1:
-            raise ValueError(f"max_points_per_event: expected at least 1, got {self.max_points_per_event!r}")
-        if self.sample_interval_s < 0:
-            raise ValueError(
-                f"sample_interval_s: expected seconds >= 0 (0 turns sampling off), got {self.sample_interval_s!r}"
-            )
-        if self.queue_capacity_bytes < 1:
-            raise ValueError(f"queue_capacity_bytes: expected at least 1, got {self.queue_capacity_bytes!r}")
-        if not self.shutdown_timeout_s > 0:
-            raise ValueError(
-                f"shutdown_timeout_s: expected a positive number of seconds, got {self.shutdown_timeout_s!r}"
-            )
+    kafka: str | None = Field(default=None, json_schema_extra=env(None, file=False),
+                              description="bootstrap servers (argument or RUNSTREAM_KAFKA, resolved by "
+                              "kafka_settings); None: offline")
+    kafka_options: Options = Field(default=(), json_schema_extra=env(None, file=False),
+                                   description="librdkafka options (arguments, RUNSTREAM_KAFKA_*, [kafka] table)")
+    topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, description="prefix of the topic names")
+    spool: Path = Field(default=DEFAULT_SPOOL, description="folder for offline runs and Kafka outages")
+    flush_interval_s: float = Field(default=0.2, json_schema_extra=env("RUNSTREAM_FLUSH_INTERVAL"),
+                                    description="seconds between flushes of buffered points")
+    max_points_per_event: int = Field(default=50_000, description="points per metric_steps event at most")
+    queue_capacity_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        description="bytes the queue between log() and the worker may hold (estimated on the training thread, "
+        "see worker.item_bytes); at the bound log() waits briefly, then drops and counts")
+    flush_timeout_s: float = Field(default=30.0, json_schema_extra=env("RUNSTREAM_FLUSH_TIMEOUT"),
+                                   description="seconds flush() waits for the broker")
+    shutdown_timeout_s: float = Field(
+        default=10.0, json_schema_extra=env("RUNSTREAM_SHUTDOWN_TIMEOUT"),
+        description="seconds SIGTERM may take to finish open runs and flush, wherever it lands")
+    sample_interval_s: float = Field(default=5.0, json_schema_extra=env("RUNSTREAM_SAMPLE_INTERVAL"),
+                                     description="seconds between GPU and host samples; 0 turns sampling off")
+    delivery_timeout_s: float = Field(default=30.0, json_schema_extra=env("RUNSTREAM_DELIVERY_TIMEOUT"),
+                                      description="seconds the broker may take to acknowledge an event")
+    log_all_ranks: bool = Field(default=False, description="log from every distributed rank, not rank 0 only")
+
+    @field_validator("kafka_options", mode="wrap")
+    @classmethod
+    def _options(cls, value: Any, _handler: Any) -> Options:
+        """Sorted strings, secrets wrapped, reserved keys refused (kafka_settings), not pydantic's coercion."""
+        return normalise_options(value)
+
+    @field_validator("flush_interval_s", "shutdown_timeout_s")
+    @classmethod
+    def _positive(cls, value: float, info: ValidationInfo) -> float:
+        if not value > 0:
+            raise ValueError(f"{info.field_name}: expected a positive number of seconds, got {value!r}")
+        return value
+
+    @field_validator("max_points_per_event", "queue_capacity_bytes")
+    @classmethod
+    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name}: expected at least 1, got {value!r}")
+        return value
+
+    @field_validator("sample_interval_s")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"sample_interval_s: expected seconds >= 0 (0 turns sampling off), got {value!r}")
+        return value
 
     @property
     def kafka_settings(self) -> KafkaSettings | None:
@@ -73,48 +92,23 @@ class ProducerSettings:
 
     @classmethod
     def resolve(cls, *, config_file: Path | str | None = None, **overrides: Any) -> ProducerSettings:
-        """Arguments win over the environment (`RUNSTREAM_KAFKA`, `RUNSTREAM_TOPIC_PREFIX`, `RUNSTREAM_SPOOL`,
-        `RUNSTREAM_SAMPLE_INTERVAL` in seconds, 0 for off, `RUNSTREAM_QUEUE_CAPACITY_BYTES`,
-        `RUNSTREAM_SHUTDOWN_TIMEOUT` in seconds). Kafka options: `kafka_options` (a mapping), then
-        `RUNSTREAM_KAFKA_*` variables, then the `[kafka]` table of `config_file` or `RUNSTREAM_CONFIG`;
+        """Arguments win over the environment (`RUNSTREAM_TOPIC_PREFIX`, `RUNSTREAM_SPOOL`,
+        `RUNSTREAM_SAMPLE_INTERVAL`, ...: each field's variable, see `describe_fields()`), which wins over the
+        `[producer]` table of `config_file` or `RUNSTREAM_CONFIG`. Kafka: `kafka` (or `RUNSTREAM_KAFKA`) and
+        `kafka_options` (a mapping), then `RUNSTREAM_KAFKA_*` variables, then the file's `[kafka]` table;
         `kafka` may also be a whole `KafkaSettings`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
+        unknown = sorted(set(overrides) - set(cls.model_fields))
         if unknown:
-            raise TypeError(f"unknown producer setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values: dict[str, Any] = {}
+            raise TypeError(f"unknown producer setting(s): {', '.join(unknown)}; known: {', '.join(cls.model_fields)}")
         kafka = overrides.pop("kafka", None)
         options = overrides.pop("kafka_options", None)
         if isinstance(kafka, KafkaSettings):
-            values["kafka"], values["kafka_options"] = kafka.bootstrap_servers, kafka.options
+            overrides["kafka"], overrides["kafka_options"] = kafka.bootstrap_servers, kafka.options
             if options:
-                values["kafka_options"] = KafkaSettings(kafka.bootstrap_servers,
-                                                        (*kafka.options, *dict(options).items())).options
+                overrides["kafka_options"] = KafkaSettings(kafka.bootstrap_servers,
+                                                           (*kafka.options, *dict(options).items())).options
         else:
             resolved = KafkaSettings.resolve(kafka, options, config_file=config_file)
-            values["kafka_options"] = resolve_options(options) if resolved is None else resolved.options
-            if resolved is not None:
-                values["kafka"] = resolved.bootstrap_servers
-        env_prefix = os.environ.get("RUNSTREAM_TOPIC_PREFIX")
-        env_spool = os.environ.get("RUNSTREAM_SPOOL")
-        if env_prefix is not None:
-            values["topic_prefix"] = env_prefix
-        if env_spool:
-            values["spool"] = Path(env_spool)
-        env_interval = os.environ.get("RUNSTREAM_SAMPLE_INTERVAL")
-        if env_interval:
-            try:
-                values["sample_interval_s"] = float(env_interval)
-            except ValueError:
-                raise ValueError(f"RUNSTREAM_SAMPLE_INTERVAL: expected seconds, got {env_interval!r}") from None
-        for variable, name, kind in _NUMERIC_ENV:
-            raw = os.environ.get(variable)
-            if raw:
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    raise ValueError(f"{variable}: expected {kind.__name__}, got {raw!r}") from None
-        for key, value in overrides.items():
-            if value is not None:
-                values[key] = Path(value) if key == "spool" else value
-        return cls(**values)
+            overrides["kafka_options"] = resolve_options(options) if resolved is None else resolved.options
+            overrides["kafka"] = None if resolved is None else resolved.bootstrap_servers
+        return cls.load(overrides, config_file=config_file)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runstream.producer.kafka_settings import ErrorWatch, KafkaSettings
+from runstream.progress import bar
 from runstream.schemas import Encoder, bundled_catalogue, topic_for
 from runstream.schemas.spool import claim, read_spool_file, recover_open_files, spool_files
 
@@ -33,20 +35,23 @@ class SyncReport:
     live: int = 0  # files of writers still running, left alone
 
 
-def replay_files(files: list[Path], producer: Any, topic_prefix: str, timeout: float) -> SyncReport:
+def replay_files(files: list[Path], producer: Any, topic_prefix: str, timeout: float,
+                 on_file: Callable[[Path], None] | None = None) -> SyncReport:
     """Produce every event of `files` in order; delete each file whose events were all acknowledged.
 
     A file that is gone was uploaded by someone else; one that another process holds is `busy`.
+    `on_file(path)` is called once each file is dealt with (for `runstream sync`'s progress bar).
     """
     encoder = Encoder(bundled_catalogue())
     report = SyncReport()
     for path in files:
         with claim(path) as fd:
-            if fd is None:
-                if path.exists():
-                    report.busy.append(path)
-                continue
-            _replay_file(path, producer, topic_prefix, timeout, encoder, report)
+            if fd is not None:
+                _replay_file(path, producer, topic_prefix, timeout, encoder, report)
+            elif path.exists():
+                report.busy.append(path)
+        if on_file is not None:
+            on_file(path)
     return report
 
 
@@ -85,12 +90,13 @@ def _replay_file(path: Path, producer: Any, topic_prefix: str, timeout: float, e
 
 
 def sync_spool(folder: Path, kafka: str | KafkaSettings, topic_prefix: str, *, timeout: float = 60.0,
-               extra_config: dict[str, Any] | None = None) -> SyncReport:
+               extra_config: dict[str, Any] | None = None, progress: bool | None = None) -> SyncReport:
     """Upload every sealed spool file under `folder` (runs logged offline or during an outage).
 
     `kafka` is the shared client settings (or bootstrap servers plus `extra_config` librdkafka options).
     Credentials the brokers refuse stop the upload with `KafkaAuthenticationError` (naming the user,
-    never the password) instead of waiting out the timeout on every file.
+    never the password) instead of waiting out the timeout on every file. `progress`: a bar of the files'
+    bytes on stderr (None: when stderr is a terminal; see runstream.progress).
     """
     from confluent_kafka import Producer
 
@@ -103,10 +109,19 @@ def sync_spool(folder: Path, kafka: str | KafkaSettings, topic_prefix: str, *, t
     files = spool_files(folder)
     if files:
         _wait_for_brokers(producer, errors, min(timeout, 5.0))
-    report = replay_files(files, producer, topic_prefix, timeout)
+    sizes = {path: _size(path) for path in files}  # measured before: an uploaded file is removed
+    with bar("sync", sum(sizes.values()), byte_units=True, show=progress) as sent:
+        report = replay_files(files, producer, topic_prefix, timeout, on_file=lambda path: sent.update(sizes[path]))
     report.recovered, report.cut_bytes, report.live = recovery.recovered, recovery.cut_bytes, recovery.live
     errors.check()
     return report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone meanwhile (uploaded by another process)
+        return 0
 
 
 def _wait_for_brokers(producer: Any, errors: ErrorWatch, timeout: float) -> None:

@@ -19,9 +19,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from runstream import __version__
+from runstream import __version__, progress
 from runstream.analysis import cli as analysis_cli
-from runstream.consumer.dsn import default_dsn
+from runstream.consumer.clickhouse_settings import (
+    ClickHouseSettings,
+    add_clickhouse_option,
+    add_config_option,
+    clickhouse_settings,
+    connect_clickhouse,
+)
 from runstream.dashboards import cli as dashboards_cli
 from runstream.extras import command_error
 from runstream.monitoring import cli as monitoring_cli
@@ -35,23 +41,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-def _add_clickhouse(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--clickhouse",
-        default=_env("RUNSTREAM_CLICKHOUSE", default_dsn()),
-        metavar="DSN",
-        help="ClickHouse to use: chdb:///abs/path (embedded engine, the default: %(default)s) "
-        "or http(s)://user:password@host:8123/database [env RUNSTREAM_CLICKHOUSE]",
-    )
+_add_clickhouse = add_clickhouse_option  # one --clickhouse (and its credentials) for every command
 
 
 def _add_topic_prefix(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topic-prefix",
-        default=_env("RUNSTREAM_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX),
-        help="prefix of the topic names, one topic per event type (default %(default)s) "
-        "[env RUNSTREAM_TOPIC_PREFIX]",
+        default=None,
+        help=f"prefix of the topic names, one topic per event type (default {DEFAULT_TOPIC_PREFIX}) "
+        "[env RUNSTREAM_TOPIC_PREFIX, config file topic_prefix]",
     )
+
+
+def _producer_topic_prefix(args: argparse.Namespace) -> str:
+    """--topic-prefix, else the producer settings' (environment, then the config file's [producer] table)."""
+    from runstream.producer.settings import ProducerSettings
+
+    return ProducerSettings.load({"topic_prefix": args.topic_prefix},
+                                 config_file=getattr(args, "config", None)).topic_prefix
 
 
 _KAFKA_OPTION_HELP = (
@@ -69,8 +76,7 @@ def _add_kafka_client(parser: argparse.ArgumentParser, *, config: bool = True) -
     """The Kafka client options every Kafka-using command shares (see runstream.producer.kafka_settings)."""
     parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE", help=_KAFKA_OPTION_HELP)
     if config:
-        parser.add_argument("--config", type=Path, default=_env("RUNSTREAM_CONFIG"), metavar="FILE",
-                            help="TOML file whose [kafka] table holds librdkafka options [env RUNSTREAM_CONFIG]")
+        add_config_option(parser)
 
 
 def _add_topic_durability(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="spool folder for the offline path (default: a new temporary folder)")
     _add_clickhouse(demo)
     _add_topic_prefix(demo)
+    progress.add_option(demo)
 
     run = commands.add_parser(
         "run",
@@ -165,15 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Offsets are committed only after the batch is written; undecodable or invalid messages go to "
         "the dead-letter topic. Stops cleanly on SIGTERM/SIGINT after writing the batch in hand.",
     )
-    consume.add_argument("--config", type=Path, default=_env("RUNSTREAM_CONFIG"), metavar="FILE",
-                         help="TOML file with [consumer], [kafka] (librdkafka options) and [clickhouse] "
-                         "(user, password) sections; options given here and RUNSTREAM_* variables win over it "
-                         "[env RUNSTREAM_CONFIG]")
     consume.add_argument("--kafka", metavar="HOST:PORT", help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
-    consume.add_argument("--clickhouse", metavar="DSN",
-                         help=f"chdb:///abs/path or http(s)://user:password@host:8123/database (default "
-                         f"{default_dsn()}) [env RUNSTREAM_CLICKHOUSE; RUNSTREAM_CLICKHOUSE_USER and "
-                         "RUNSTREAM_CLICKHOUSE_PASSWORD add credentials]")
+    _add_clickhouse(consume)
     consume.add_argument("--topic-prefix", help=f"prefix of the topic names (default {DEFAULT_TOPIC_PREFIX}) "
                          "[env RUNSTREAM_TOPIC_PREFIX]")
     consume.add_argument("--group", help="consumer group id (default runstream-consumer) [env RUNSTREAM_GROUP]")
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
     _add_clickhouse(ingest)
+    progress.add_option(ingest)
 
     sync = commands.add_parser(
         "sync",
@@ -215,12 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the consumer stores each event once.",
     )
     sync.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
-    sync.add_argument("--kafka", default=_env("RUNSTREAM_KAFKA"), metavar="HOST:PORT",
+    sync.add_argument("--kafka", default=None, metavar="HOST:PORT",
                       help="bootstrap servers [env RUNSTREAM_KAFKA] (required)")
     _add_kafka_client(sync)
     _add_topic_prefix(sync)
     sync.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                       help="how long to wait for the broker to acknowledge each file (default %(default)s)")
+    progress.add_option(sync)
 
     migrate = commands.add_parser(
         "migrate",
@@ -259,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", metavar="SQL")
     query.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
     _add_clickhouse(query)
+    commands.add_parser(
+        "config", help="list every setting: config-file key, environment variable, default, meaning",
+        description="Every setting of the SDK (producer), the consumer, ClickHouse and the monitor, as a Markdown "
+        "table generated from the settings models. Each is taken from, in decreasing precedence: the command's "
+        "option or the argument in Python, the environment variable, the [table] of the config file "
+        "(--config or RUNSTREAM_CONFIG); librdkafka options come from --kafka-option, RUNSTREAM_KAFKA_* and [kafka].")
     analysis_cli.add_parsers(commands)
     monitoring_cli.add_parsers(commands)
     dashboards_cli.add_parsers(commands)
@@ -269,8 +277,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from runstream.demo import run_demo
 
     return run_demo(
-        runs=args.runs, steps=args.steps, kafka=args.kafka, clickhouse=args.clickhouse,
-        project=args.project, spool=args.spool, topic_prefix=args.topic_prefix,
+        runs=args.runs, steps=args.steps, kafka=args.kafka, clickhouse=clickhouse_settings(args).authenticated_dsn(),
+        project=args.project, spool=args.spool, topic_prefix=_producer_topic_prefix(args), progress=args.progress,
     )
 
 
@@ -298,19 +306,6 @@ def _kafka_options(pairs: list[str]) -> dict[str, str]:
             raise ValueError(f"--kafka-option {pair.split('=')[0]!r}: expected KEY=VALUE")
         options[key.strip()] = value
     return options
-
-
-def _int_option(given: int | None, variable: str) -> int | None:
-    """A command-line integer, else its environment variable (named in the error when it is not an integer)."""
-    if given is not None:
-        return given
-    raw = _env(variable)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment {variable}: expected an integer, got {raw!r}") from None
 
 
 def _cmd_consume(args: argparse.Namespace) -> int:
@@ -351,8 +346,8 @@ def _cmd_consume(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from runstream.consumer import ClickHouseSink, ingest_spool
 
-    sink = ClickHouseSink(args.clickhouse)
-    report = ingest_spool(args.spool_dir, sink)
+    sink = ClickHouseSink(clickhouse_settings(args).authenticated_dsn())
+    report = ingest_spool(args.spool_dir, sink, progress=args.progress)
     sink.close()
     print(f"ingested {report.files} files: {report.events} events, {report.points} metric points")
     print(f"recovered {report.recovered} files left open by dead processes ({report.cut_bytes} torn bytes cut, "
@@ -371,7 +366,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     kafka = KafkaSettings.resolve(args.kafka, _kafka_options(args.kafka_option), config_file=args.config)
     if kafka is None:
         raise SystemExit("runstream sync: --kafka (or RUNSTREAM_KAFKA) is required")
-    report = sync_spool(args.spool_dir, kafka, args.topic_prefix, timeout=args.timeout)
+    report = sync_spool(args.spool_dir, kafka, _producer_topic_prefix(args), timeout=args.timeout,
+                        progress=args.progress)
     print(f"synced {report.files} files ({report.events} events) to {kafka.bootstrap_servers}")
     print(f"recovered {report.recovered} files left open by dead processes ({report.cut_bytes} torn bytes cut); "
           f"left {report.live} files of running processes alone")
@@ -384,21 +380,24 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from runstream.consumer.cluster import DEFAULT_SHARDING_KEY, cluster_ddl
-    from runstream.consumer.dsn import connect, parse_dsn
     from runstream.consumer.migrations import ddl, migrate
 
     if args.sharding_key and not args.cluster:
         raise ValueError("--sharding-key: only meaningful with --cluster")
     if args.kafka and not args.print_only:
+        from runstream.consumer.config import ConsumerOptions
         from runstream.consumer.topics_admin import ensure_topics
         from runstream.producer.kafka_settings import KafkaSettings
 
         kafka = KafkaSettings.resolve(args.kafka, _kafka_options(args.kafka_option), config_file=args.config)
         assert kafka is not None  # --kafka was given
+        # the same settings as the consumer's: option > RUNSTREAM_* > [consumer] table
+        durability = ConsumerOptions.load({"replication_factor": args.replication_factor,
+                                           "min_insync_replicas": args.min_insync_replicas,
+                                           "topic_prefix": args.topic_prefix}, config_file=args.config)
         created = ensure_topics(
-            kafka, args.topic_prefix, partitions=args.partitions,
-            replication_factor=_int_option(args.replication_factor, "RUNSTREAM_REPLICATION_FACTOR"),
-            min_insync_replicas=_int_option(args.min_insync_replicas, "RUNSTREAM_MIN_INSYNC_REPLICAS"),
+            kafka, durability.topic_prefix, partitions=args.partitions,
+            replication_factor=durability.replication_factor, min_insync_replicas=durability.min_insync_replicas,
         )
         print(f"created topics: {', '.join(created)}" if created else "Kafka topics: all present")
 
@@ -407,14 +406,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                            sample_ttl_days=args.sample_ttl_days)
 
     if args.print_only:
-        database = parse_dsn(args.clickhouse).database
+        database = clickhouse_settings(args).database
         if args.cluster:
             statements = cluster_statements(database)
         else:
             statements = ddl(database, sample_ttl_days=args.sample_ttl_days)
         print("\n\n".join(f"{statement};" for statement in statements))
         return 0
-    client, database = connect(args.clickhouse)
+    client, database = connect_clickhouse(args, create_database=True)
     if args.cluster:
         statements = cluster_statements(database)
         for statement in statements:
@@ -429,11 +428,19 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 @analysis_cli.clickhouse_errors  # bad SQL: ClickHouse's message and code in one line, exit 2
 def _cmd_query(args: argparse.Namespace) -> int:
-    from runstream.consumer.dsn import connect
-
-    client, _database = connect(args.clickhouse)
+    client, _database = connect_clickhouse(args, create_database=True)
     result = client.query(args.sql)
     print(render(list(result.column_names), result.result_rows, args.format))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from runstream.consumer.config import ConsumerOptions
+    from runstream.monitoring.settings import ExporterSettings
+    from runstream.producer.settings import ProducerSettings
+    from runstream.producer.settings_layer import markdown_table
+
+    print(markdown_table([ProducerSettings, ConsumerOptions, ClickHouseSettings, ExporterSettings]))
     return 0
 
 
@@ -451,6 +458,7 @@ COMMANDS = {
     "sync": _cmd_sync,
     "migrate": _cmd_migrate,
     "query": _cmd_query,
+    "config": _cmd_config,
     **analysis_cli.COMMANDS,
     **monitoring_cli.COMMANDS,
     **dashboards_cli.COMMANDS,

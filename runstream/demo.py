@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import sys
 import tempfile
 import threading
 import time
@@ -24,10 +23,12 @@ from runstream.analysis.queries import leaderboard
 from runstream.analysis.report import write_report
 from runstream.comparison import compare_project
 from runstream.consumer import ClickHouseSink, ConsumerService, ConsumerSettings, ingest_spool
+from runstream.consumer.dsn import redact
 from runstream.output import render
 from runstream.producer.kafka_settings import KafkaSettings
 from runstream.producer.run import Run, producer_stats
 from runstream.producer.settings import ProducerSettings
+from runstream.progress import bar
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 BATCH_SIZES = (32, 64, 128)
@@ -113,9 +114,11 @@ def run_demo(
     topic_prefix: str,
     out: Callable[[str], None] = print,
     report_out: Path | None = None,
+    progress: bool | None = None,
 ) -> int:
     """Simulate, load and compare; end with the leaderboard and an HTML report (`report_out`, default
-    next to the spool folder: runstream-report-PROJECT.html)."""
+    next to the spool folder: runstream-report-PROJECT.html). `progress`: runs logged and spool bytes
+    ingested on stderr (None: when stderr is a terminal, see runstream.progress)."""
     if runs < 1 or steps < 1:
         raise ValueError(f"--runs and --steps must be at least 1 (got runs={runs}, steps={steps})")
     started = time.monotonic()
@@ -131,12 +134,12 @@ def run_demo(
     sent_before = producer_stats()["sent_events"]
     points = 0
     run_ids = []
-    for i, sim in enumerate(fleet(runs), start=1):
-        run_id, logged = simulate_run(sim, project, steps, settings)
-        run_ids.append(run_id)
-        points += logged
-        print(f"\r  run {i}/{runs} logged", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    with bar("  runs logged", runs, unit="run", show=progress) as logged_runs:
+        for sim in fleet(runs):
+            run_id, logged = simulate_run(sim, project, steps, settings)
+            run_ids.append(run_id)
+            points += logged
+            logged_runs.update(1)
     events = producer_stats()["sent_events"] - sent_before
     sink = ClickHouseSink(clickhouse)
     if kafka:
@@ -158,7 +161,7 @@ def run_demo(
         loaded_points = stats.points
     else:
         out(f"Ingesting {events} events ({points} metric points) from the spool into ClickHouse ...")
-        report = ingest_spool(spool_dir, sink)
+        report = ingest_spool(spool_dir, sink, progress=progress)
         loaded_points = report.points
     comparison = compare_project(sink.client, sink.database, project, run_ids=run_ids)
     out("")
@@ -172,8 +175,9 @@ def run_demo(
     out("")
     out(f"{loaded_points} metric points stored; {time.monotonic() - started:.1f}s in all.")
     out(f"HTML report (opens offline): {report_path.resolve()}")
-    out(f'Explore with: runstream query "SELECT * FROM runs" --clickhouse {clickhouse}')  # noqa: S608
+    shown = redact(clickhouse)  # credentials come from RUNSTREAM_CLICKHOUSE_USER/_PASSWORD, never printed
+    out(f'Explore with: runstream query "SELECT * FROM runs" --clickhouse {shown}')  # noqa: S608
     out(f"          or: runstream runs --project {project} --where 'params.lr < 0.001' --sort -metrics.acc "
-        f"--clickhouse {clickhouse}")
+        f"--clickhouse {shown}")
     sink.close()
     return 0

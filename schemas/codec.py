@@ -12,7 +12,15 @@ from typing import Any
 import fastavro
 
 from runstream.schemas.catalogue import Catalogue, SchemaVersion
-from runstream.schemas.columnar import ColumnarDecodeError, decode_metric_steps_v1, encode_metric_steps_v1
+from runstream.schemas.columnar import (
+    ColumnarDecodeError,
+    FieldPlan,
+    ManyDecoded,
+    decode_many,
+    decode_metric_steps_v1,
+    encode_metric_steps_v1,
+    record_plan,
+)
 
 MAGIC = b"\xc3\x01"
 #: Below this size a metric_steps body holds a few hundred points at most, and fastavro's one call
@@ -61,6 +69,30 @@ class Decoder:
 
     def __init__(self, catalogue: Catalogue) -> None:
         self._catalogue = catalogue
+        self._plans: dict[bytes, tuple[str, tuple[FieldPlan, ...]] | None] = {}
+
+    def batch_plan(self, header: bytes) -> tuple[str, tuple[FieldPlan, ...]] | None:
+        """(event type, plan) for bodies behind this 10-byte header that `decode_many` can read together:
+        a known writer schema that is its type's newest (nothing to resolve) and of a flat layout."""
+        try:
+            return self._plans[header]
+        except KeyError:
+            pass
+        found = None
+        if len(header) == HEADER_SIZE and header[:2] == MAGIC:
+            writer = self._catalogue.by_fingerprint(bytes(header[2:]))
+            if writer is not None and self._catalogue.latest(writer.event_type) is writer:
+                plan = record_plan(writer.parsed)
+                found = None if plan is None else (writer.event_type, plan)
+        if len(self._plans) < 1024:  # bounded: headers are few (one per schema version) unless garbage
+            self._plans[bytes(header)] = found
+        return found
+
+    @staticmethod
+    def decode_many(plan: tuple[FieldPlan, ...], bodies: list[bytes]) -> ManyDecoded:
+        """Many single-object messages of one writer schema (see `batch_plan`), decoded together;
+        bodies flagged in `bad` are to be decoded one by one with `decode`, which says what is wrong."""
+        return decode_many(plan, bodies, HEADER_SIZE)
 
     def decode(
         self, data: bytes | None, *, partition: int | None = None, offset: int | None = None

@@ -495,20 +495,3 @@ def test_report_renders_its_plots_in_headless_chromium(dsn: str, tmp_path: Path,
     for spec in VISION:
         assert spec.name in dom
     assert "other" not in dom, "runs of another project stay out"
-
-
-def test_progress_speaks_only_when_slow() -> None:
-    import io
-    import time
-
-    from runstream.analysis.progress import Progress
-
-    quick = io.StringIO()
-    with Progress("runstream best", stream=quick) as progress:
-        progress.step("ranking")
-    assert quick.getvalue() == ""
-    slow = io.StringIO()
-    with Progress("runstream report", delay_s=0.05, stream=slow) as progress:
-        progress.step("curve of loss")
-        time.sleep(0.3)
-    assert "runstream report: curve of loss ..." in slow.getvalue() and "done in" in slow.getvalue()

@@ -211,7 +211,7 @@ def test_the_bounds_come_from_settings_then_the_environment(monkeypatch: pytest.
     assert (resolved.shutdown_timeout_s, resolved.queue_capacity_bytes) == (2.5, 1_000_000)
     assert ProducerSettings.resolve(shutdown_timeout_s=7.0).shutdown_timeout_s == 7.0, "arguments win"
     monkeypatch.setenv("RUNSTREAM_SHUTDOWN_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="RUNSTREAM_SHUTDOWN_TIMEOUT: expected float, got 'soon'"):
+    with pytest.raises(ValueError, match="RUNSTREAM_SHUTDOWN_TIMEOUT: shutdown_timeout_s must be float, got 'soon'"):
         ProducerSettings.resolve()
     with pytest.raises(ValueError, match="shutdown_timeout_s: expected a positive number of seconds, got 0"):
         ProducerSettings(shutdown_timeout_s=0)
