@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# two pytest workers, whole files each (a file's tests share module fixtures): the suite waits on brokers,
+# subprocesses and timeouts more than it computes, so two workers halve it on a 2-core machine.
+# PYTEST_WORKERS= runs it in one process (needed when RUNSTREAM_TEST_CLICKHOUSE is a chdb:// folder).
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: help demo test lint typecheck kafka-start kafka-stop clean
 
@@ -26,7 +30,7 @@ test: $(BIN)/.installed ## install, fetch Kafka, run lint, type check and the wh
 	bash scripts/install-system-packages.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 lint: $(BIN)/.installed ## ruff
 	$(BIN)/ruff check .

