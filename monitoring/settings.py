@@ -6,9 +6,9 @@ server extra that the exporter itself needs (prometheus-client).
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
-from runstream.producer.settings_layer import Settings, env
+from runstream.producer.settings_layer import Settings, env, positive_seconds
 
 
 class ExporterSettings(Settings):
@@ -29,9 +29,4 @@ class ExporterSettings(Settings):
     idle_window_s: int = Field(default=3600, json_schema_extra=env("RUNSTREAM_MONITOR_IDLE_WINDOW"),
                                description="idle-GPU cost over this trailing window (seconds)")
 
-    @field_validator("drift_window_s", "interval_s")
-    @classmethod
-    def _positive(cls, value: float, info: ValidationInfo) -> float:
-        if not value > 0:
-            raise ValueError(f"{info.field_name}: expected seconds > 0, got {value!r}")
-        return value
+    _positive = field_validator("drift_window_s", "interval_s")(positive_seconds)

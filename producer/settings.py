@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from runstream.producer.kafka_settings import KafkaSettings, Options, normalise_options, resolve_options
-from runstream.producer.settings_layer import Settings, env
+from runstream.producer.settings_layer import Settings, env, positive_seconds
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
 
 DEFAULT_SPOOL = Path.home() / ".runstream" / "spool"
@@ -64,12 +64,7 @@ class ProducerSettings(Settings):
         """Sorted strings, secrets wrapped, reserved keys refused (kafka_settings), not pydantic's coercion."""
         return normalise_options(value)
 
-    @field_validator("flush_interval_s", "shutdown_timeout_s")
-    @classmethod
-    def _positive(cls, value: float, info: ValidationInfo) -> float:
-        if not value > 0:
-            raise ValueError(f"{info.field_name}: expected a positive number of seconds, got {value!r}")
-        return value
+    _positive = field_validator("flush_interval_s", "shutdown_timeout_s")(positive_seconds)
 
     @field_validator("max_points_per_event", "queue_capacity_bytes")
     @classmethod

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError, ValidationInfo
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -44,6 +44,14 @@ def env(variable: str | None, *, file: bool = True) -> dict[str, Any]:
     `RUNSTREAM_<NAME>`; `env(None)`: the field is not read from the environment; `file=False`: nor from
     the component's table of the config file (a setting resolved elsewhere, as the Kafka ones)."""
     return {"env": variable, "file": file}
+
+
+def positive_seconds(value: float, info: ValidationInfo) -> float:
+    """A duration setting must be > 0 (0 would spin a loop or time out at once): every component's
+    models use this one check, `_positive = field_validator("a_s", "b_s")(positive_seconds)`."""
+    if not value > 0:
+        raise ValueError(f"{info.field_name}: expected a positive number of seconds, got {value!r}")
+    return value
 
 
 def file_keys(model: type[BaseSettings]) -> list[str]:

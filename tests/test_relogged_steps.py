@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metric_events import Point, write_points
 
 import runstream
 from runstream.analysis import queries
 from runstream.analysis.importance import importance
 from runstream.analysis.views import RUN_METRICS_FROM_POINTS_SQL
 from runstream.consumer import ClickHouseSink, ingest_spool
-from runstream.consumer.batch import Batch
 from runstream.consumer.migrations import METRIC_SUMMARY_V2, SUSPECT_PAIRS, create_view_sql
 from runstream.consumer.table_spec import View
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL, lower_is_better
@@ -39,7 +39,6 @@ MONTH_END = 1_706_745_599 * SECOND_US  # 2024-01-31 23:59:59 UTC: one second lat
 NOW = T0 + 400 * DAY_US  # the consumer's clock: every point lies in its past
 
 #: (run_id, metric, step, value, time_us), in delivery order.
-Point = tuple[str, str, int, float, int]
 Summary = dict[str, Any]
 SUMMARY_COLUMNS = ("first_value", "last_value", "min_value", "max_value", "step_of_min", "step_of_max",
                    "first_step", "last_step", "points", "best_value", "best_step")
@@ -108,27 +107,6 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 # --- Writing points as the consumer does ---------------------------------------------------------
-
-def metric_steps(run_id: str, points: list[Point], event_id: str) -> dict[str, Any]:
-    """One metric_steps event as the decoder hands it to the sink."""
-    names = sorted({p[1] for p in points})
-    return {
-        "event_id": event_id, "run_id": run_id, "timestamp_us": points[0][4], "metric_names": names,
-        "metric_index": [names.index(p[1]) for p in points], "steps": [p[2] for p in points],
-        "values": [p[3] for p in points], "times_us": [p[4] for p in points],
-    }
-
-
-def insert(sink: ClickHouseSink, points: list[Point]) -> None:
-    """One consumer write (one INSERT): an event per run, in the order given."""
-    batch = Batch()
-    by_run: dict[str, list[Point]] = defaultdict(list)
-    for point in points:
-        by_run[point[0]].append(point)
-    for number, (run_id, run_points) in enumerate(by_run.items()):
-        batch.add("metric_steps", metric_steps(run_id, run_points, f"e{number}"), now_us=NOW)
-    sink.write(batch)
-
 
 def read_summaries(client: Any, sql: str) -> dict[tuple[str, str], Summary]:
     """(run_id, metric) -> every other column of the query's rows."""
@@ -228,7 +206,7 @@ def test_a_relogged_step_changes_best_min_max_rank_and_importance_exactly(
     ids = start_runs(sink, tmp_path / "spool", "p")
     delivered: list[Point] = []
     for points in deliveries(case, ids):
-        insert(sink, points)
+        write_points(sink, points, NOW)
         delivered += points
     relogged = case != "never (redelivered only)"
     by_step = latest(delivered)
@@ -357,7 +335,7 @@ def test_every_summary_column_equals_final_on_a_seeded_random_workload(clickhous
     inserts = random_workload(rng, 30)
     for start in range(0, len(inserts), 6):  # a few events per consumer write, as a batch would carry
         points = [p for chunk in inserts[start:start + 6] for p in chunk]
-        insert(sink, points)
+        write_points(sink, points, NOW)
         delivered += points
     want = expected_summaries(delivered)
     from_final = read_summaries(client, final_summaries_sql(db))
@@ -396,9 +374,9 @@ def test_a_relog_at_the_very_same_time_follows_final(clickhouse_dsn: str) -> Non
     sink = ClickHouseSink(clickhouse_dsn)
     client, db = sink.client, sink.database
     t = T0 + 10 * SECOND_US
-    insert(sink, [("run-t", "acc", step, 0.5 + step / 100, T0 + step * SECOND_US) for step in range(20)]
-           + [("run-t", "acc", 25, 0.9999, t)])
-    insert(sink, [("run-t", "acc", 25, -0.0, t)])
+    write_points(sink, [("run-t", "acc", step, 0.5 + step / 100, T0 + step * SECOND_US) for step in range(20)]
+                 + [("run-t", "acc", 25, 0.9999, t)], NOW)
+    write_points(sink, [("run-t", "acc", 25, -0.0, t)], NOW)
     final = read_summaries(client, final_summaries_sql(db))
     assert final["run-t", "acc"]["last_value"] == 0.0 and final["run-t", "acc"]["max_value"] == 0.69
     got = read_summaries(client, f"SELECT * FROM {db}.metric_summary")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metric_events import Point, write_points
 from test_consumer_faults import PARTITIONS, ConsumerProcess, uncommitted, wait_for
 
 import runstream
@@ -30,7 +31,6 @@ from runstream.analysis import queries
 from runstream.analysis.importance import importance
 from runstream.analysis.views import LEADERBOARD_V6, RUN_OVERVIEW_V6
 from runstream.consumer import ClickHouseSink, ingest_spool
-from runstream.consumer.batch import Batch
 from runstream.consumer.clickhouse_sink import FAULT_BEFORE_SUMMARY_ENV
 from runstream.consumer.migrations import create_view_sql
 from runstream.consumer.run_summary import BACKFILL_SQL
@@ -45,7 +45,6 @@ T0 = 1_735_689_600 * SECOND_US  # 2025-01-01 UTC
 NOW = T0 + 400 * 86_400 * SECOND_US
 
 #: (run_id, metric, step, value, time_us) in delivery order.
-Point = tuple[str, str, int, float, int]
 #: metric -> its summary columns, as the run_summary maps hold them.
 Expected = dict[str, dict[str, Any]]
 
@@ -132,26 +131,6 @@ def assert_counts(client: Any, db: str, points: list[Point]) -> None:
 
 # --- Writing as the consumer does ------------------------------------------------------------------
 
-def metric_steps(run_id: str, points: list[Point], event_id: str) -> dict[str, Any]:
-    names = sorted({p[1] for p in points})
-    return {
-        "event_id": event_id, "run_id": run_id, "timestamp_us": points[0][4], "metric_names": names,
-        "metric_index": [names.index(p[1]) for p in points], "steps": [p[2] for p in points],
-        "values": [p[3] for p in points], "times_us": [p[4] for p in points],
-    }
-
-
-def write(sink: ClickHouseSink, points: list[Point]) -> None:
-    """One consumer batch: an event per run."""
-    batch = Batch()
-    by_run: dict[str, list[Point]] = defaultdict(list)
-    for point in points:
-        by_run[point[0]].append(point)
-    for number, (run_id, run_points) in enumerate(by_run.items()):
-        batch.add("metric_steps", metric_steps(run_id, run_points, f"e{number}"), now_us=NOW)
-    sink.write(batch)
-
-
 PARAMS = [{"lr": 1e-3, "note": None, "opt": "adam"}, {"lr": 3e-3, "opt": "sgd"},
           {"lr": 1e-2, "note": "warm", "opt": "adam"}, {"lr": 3e-4, "note": None, "opt": "sgd", "flag": True}]
 
@@ -210,7 +189,7 @@ def test_summary_is_exact_after_every_batch_and_answers_as_the_released_views(
     overview_v6, board_v6 = released_views(client, db)
     delivered: list[Point] = []
     for number, batch in enumerate(workload(ids, seed=11)):
-        write(sink, batch)
+        write_points(sink, batch, NOW)
         delivered += batch
         assert_exact(stored_summary(client, db), expected(delivered), f"after batch {number}")
         assert_counts(client, db, delivered)
