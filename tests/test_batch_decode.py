@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from databases import fresh_database_dsn
+from test_schemas import _zigzag
 
 from runstream.consumer import ClickHouseSink
 from runstream.consumer.batch import BULK_MIN_MESSAGES, TABLE_COLUMNS, Batch, InvalidEvent, _lists_table
@@ -93,19 +94,6 @@ def fastavro_record(data: bytes) -> dict[str, Any]:
     record = fastavro.schemaless_reader(body, writer.parsed, None)
     assert isinstance(record, dict)
     return record
-
-
-def _zigzag(value: int) -> bytes:
-    raw = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while True:
-        byte = raw & 0x7F
-        raw >>= 7
-        if raw:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 # -- decode_many against fastavro -----------------------------------------------------------------
