@@ -123,7 +123,9 @@ def test_partition_leader_killed_mid_run(
         kafka=kafka_cluster.sasl_bootstrap, clickhouse=clickhouse_dsn, topic_prefix=prefix,
         group_id=f"g-{uuid.uuid4().hex[:8]}", partitions=1, kafka_options=normalise_options(sasl),
     ))
-    consumer.run(stop_when=lambda stats: stats.points >= STEPS * METRICS, idle_exit_s=60)
+    # every point, and the run_finished event, which comes on a topic of its own and may land in a later batch
+    consumer.run(stop_when=lambda stats: stats.points >= STEPS * METRICS
+                 and consumer.sink.rows_written["run_finishes"] >= 1, idle_exit_s=60)
 
     client, database = connect(clickhouse_dsn)
     final = client.query(f"SELECT count(), sum(value) FROM {database}.metric_points FINAL "
