@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from runstream.consumer.column_checks import TableChecks, Violation, build_checks
+from runstream.consumer.lifecycle_tables import LIFECYCLE_EVENT_TABLES
 from runstream.consumer.migrations import FACT_TABLES
 from runstream.consumer.monitoring_tables import DRIFT_TABLES
 from runstream.schemas import DecodeError, Decoder
@@ -33,7 +34,7 @@ MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is
 #: The tables events are written to and their columns in insert order, read from the table specs
 #: (consumer/migrations.py, consumer/monitoring_tables.py): adding a column is one edit of its spec.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    table.name: table.column_names for table in (*FACT_TABLES, *DRIFT_TABLES)
+    table.name: table.column_names for table in (*FACT_TABLES, *DRIFT_TABLES, *LIFECYCLE_EVENT_TABLES)
 }
 
 
@@ -81,7 +82,7 @@ class Batch:
         self.points = 0
         self.event_counts: Counter[str] = Counter()
         # Metric points stay as each event's arrays until the insert: no Python object per point.
-        self._metric_events: list[tuple[str, list[str], Any, Any, Any, Any]] = []
+        self._metric_events: list[tuple[str, list[str], Any, Any, Any, Any, int]] = []
         #: Rows decoded in bulk (`add_messages`), as Arrow tables per ClickHouse table.
         self._bulk: dict[str, list[pa.Table]] = defaultdict(list)
         self._bulk_rows: Counter[str] = Counter()
@@ -139,8 +140,9 @@ class Batch:
     def _metric_events_table(self) -> pa.Table:
         run_ids: dict[str, int] = {}
         metric_ids: dict[str, int] = {}
-        run_index, metric_index, steps, values, times = [], [], [], [], []
-        for run_id, names, index, event_steps, event_values, event_times in self._metric_events:
+        run_index, metric_index, steps, values, times, attempts = [], [], [], [], [], []
+        for run_id, names, index, event_steps, event_values, event_times, attempt in self._metric_events:
+            attempts.append(np.full(len(event_steps), attempt, dtype=np.uint32))
             run_index.append(np.full(len(event_steps), run_ids.setdefault(run_id, len(run_ids)), dtype=np.int32))
             remap = np.array([metric_ids.setdefault(name, len(metric_ids)) for name in names], dtype=np.int32)
             metric_index.append(remap[index] if len(index) else np.empty(0, np.int32))
@@ -161,6 +163,7 @@ class Batch:
             "step": pa.array(joined(steps, np.int64)),
             "value": pa.array(joined(values, np.float64)),
             "time": pa.array(joined(times, np.int64)).cast(pa.timestamp("us", tz="UTC")),
+            "attempt": pa.array(joined(attempts, np.uint32)),
         })
 
     def add(self, event_type: str, record: dict[str, Any], now_us: int | None = None) -> None:
@@ -254,6 +257,8 @@ class Batch:
         owner = steps.owner[good[steps.owner]]
         point_index, point_steps, point_times = kept(index), kept(steps), kept(times)
         point_values = kept(values)
+        # Writers before metric_steps v2 read as attempt 1 (the schema's default).
+        attempts = f["attempt"].values[owner] if "attempt" in f else np.ones(len(owner), np.int64)
         slot = np.cumsum(good) - 1  # a good message's place among the good ones
         runs = _strings(buffer, run.starts[good], run.lengths[good]).dictionary_encode()
         run_codes = runs.indices.to_numpy()[slot[owner]]
@@ -269,6 +274,7 @@ class Batch:
             "step": pa.array(point_steps),
             "value": pa.array(point_values),
             "time": pa.array(point_times).cast(_TIME),
+            "attempt": pa.array(attempts.astype(np.uint32)),
         }))
         events = int(good.sum())
         self.points += len(point_steps)
@@ -368,9 +374,16 @@ class Batch:
             ("data_versions", [(d["name"], d["version"], d["uri"], d["digest"]) for d in r["data_versions"]]),
             ("event_id", r["event_id"]), ("git_diff_sha256", git["diff_sha256"]), ("rank", r["rank"]),
             ("local_rank", r["local_rank"]), ("world_size", r["world_size"]), ("scheduler", r["scheduler"]),
-            ("resumed", r["resumed"]),
+            ("resumed", r["resumed"]), ("attempt", r.get("attempt", 1)), ("run_group", r.get("run_group") or ""),
+            ("job_type", r.get("job_type") or ""), ("sweep", r.get("sweep") or ""),
+            ("fork_from", r.get("fork_from")), ("fork_step", r.get("fork_step")),
         ):
             cols[name].append(value)
+        attempts = self.columns["run_attempts"]
+        for name, value in (("run_id", r["run_id"]), ("attempt", r.get("attempt", 1)),
+                            ("started_at", r["timestamp_us"]), ("host", r["host"]), ("scheduler", r["scheduler"]),
+                            ("event_id", r["event_id"])):
+            attempts[name].append(value)
         self._add_params(r["run_id"], r["params"], r["timestamp_us"])
         self._add_data_versions(r["run_id"], r["data_versions"], r["timestamp_us"])
 
@@ -424,7 +437,11 @@ class Batch:
                      or checks.array("step", steps) or checks.array("value", values) or checks.array("time", times))
         if violation is not None:
             raise InvalidEvent.of("metric_steps", r, violation)
-        self._metric_events.append((r["run_id"], names, index, steps, values, times))
+        attempt = r.get("attempt", 1)
+        violation = checks.value("attempt", attempt)
+        if violation is not None:
+            raise InvalidEvent.of("metric_steps", r, violation)
+        self._metric_events.append((r["run_id"], names, index, steps, values, times, attempt))
         self.points += n
 
     def _add_gpu_samples(self, r: dict[str, Any], _now: int) -> None:
@@ -448,6 +465,25 @@ class Batch:
         for name, value in (
             ("run_id", r["run_id"]), ("finished_at", r["timestamp_us"]), ("status", r["status"]),
             ("exit_code", r["exit_code"]), ("error", r["error"]), ("summary", r["summary"]),
+            ("attempt", r.get("attempt", 1)),
+        ):
+            cols[name].append(value)
+
+    def _add_run_heartbeat(self, r: dict[str, Any], _now: int) -> None:
+        cols = self.columns["run_heartbeats"]
+        for name, value in (
+            ("run_id", r["run_id"]), ("attempt", r.get("attempt", 1)), ("time", r["timestamp_us"]),
+            ("interval_s", r["interval_s"]), ("last_step", r["last_step"]), ("last_step_at", r["last_step_us"]),
+            ("steps_per_s", r["steps_per_s"]),
+        ):
+            cols[name].append(value)
+
+    def _add_run_curation(self, r: dict[str, Any], _now: int) -> None:
+        cols = self.columns["run_curation"]
+        for name, value in (
+            ("run_id", r["run_id"]), ("updated_at", r["timestamp_us"]), ("action", r["action"]),
+            ("actor", r["actor"]), ("tags", r["tags"]), ("note", r["note"]), ("archived", r["archived"]),
+            ("deleted", r["deleted"]), ("event_id", r["event_id"]),
         ):
             cols[name].append(value)
 

@@ -44,8 +44,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBOARD, RUN_OVERVIEW
+from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
-from runstream.consumer.run_summary import BACKFILL_SQL, RUN_KEYS, RUN_KEYS_MV, RUN_SUMMARY
+from runstream.consumer.run_summary import (
+    BACKFILL_SQL,
+    LIFECYCLE_BACKFILL_SQL,
+    RUN_KEYS,
+    RUN_KEYS_MV,
+    RUN_SUMMARY,
+)
+from runstream.consumer.run_summary import LIFECYCLE_COLUMNS as RUN_SUMMARY_LIFECYCLE_COLUMNS
 from runstream.consumer.table_spec import MaterializedView, Table, View
 from runstream.monitoring.gpu_hours import SAMPLE_MS_SQL, SLOT_OF_SAMPLE_SQL, slot_held_ms_sql
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
@@ -103,11 +111,26 @@ RUNS = Table(
         "world_size Nullable(Int32)",
         "scheduler Map(String, String)",
         "resumed Bool DEFAULT false",
+        # migration 8: the run lifecycle (the latest attempt's start wins, like every other column)
+        "attempt UInt32 DEFAULT 1",
+        "run_group String DEFAULT ''",
+        "job_type LowCardinality(String) DEFAULT ''",
+        "sweep String DEFAULT ''",
+        "fork_from Nullable(String)",
+        "fork_step Nullable(Int64)",
     ),
     "ReplacingMergeTree",
     "run_id",
     version="started_at",
 )
+
+#: Columns migration 8 adds to existing tables, by table (`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`).
+LIFECYCLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs": ("attempt", "run_group", "job_type", "sweep", "fork_from", "fork_step"),
+    "metric_points": ("attempt",),
+    "run_finishes": ("attempt",),
+    "run_summary": RUN_SUMMARY_LIFECYCLE_COLUMNS,
+}
 
 RUN_PARAMS = Table(
     "run_params",
@@ -147,6 +170,7 @@ METRIC_POINTS = Table(
         f"step Int64 {STEP_CODEC}",
         f"value Float64 {VALUE_CODEC}",
         f"time DateTime64(6, 'UTC') {TIME_CODEC}",
+        "attempt UInt32 DEFAULT 1 CODEC(ZSTD(1))",  # migration 8: which attempt of the run logged the point
     ),
     "ReplacingMergeTree",
     "(run_id, metric, step)",
@@ -208,6 +232,7 @@ RUN_FINISHES = Table(
         "exit_code Nullable(Int32)",
         "error Nullable(String)",
         "summary Map(String, Float64)",
+        "attempt UInt32 DEFAULT 1",  # migration 8
     ),
     "ReplacingMergeTree",
     "run_id",
@@ -551,7 +576,7 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS + (
 RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
 TABLES: tuple[Table, ...] = (FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
-                             + (RUN_SUMMARY, RUN_KEYS))
+                             + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES)
 VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS
 
 
@@ -623,6 +648,13 @@ GROUP BY run_id, host, gpu_index, slot
 """  # noqa: S608 - the module's own text
 
 
+def _add_column_sql(table_name: str, column: str) -> str:
+    """ALTER TABLE ... ADD COLUMN IF NOT EXISTS with the column's definition from its table's spec."""
+    table = next(t for t in (*FACT_TABLES, RUN_SUMMARY) if t.name == table_name)
+    definition = table.columns[table.column_names.index(column)]
+    return f"ALTER TABLE {_DB}.{table_name} ADD COLUMN IF NOT EXISTS {definition}"
+
+
 def _replace_view_sql(view: View) -> str:
     """CREATE OR REPLACE VIEW: the view's current definition, whether or not an older one exists."""
     return create_view_sql(view, _DB).replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW", 1)
@@ -682,6 +714,13 @@ MIGRATIONS: tuple[Migration, ...] = (
          create_table_sql(RUN_KEYS, f"{_DB}.{RUN_KEYS.name}"),
          create_materialized_view_sql(RUN_KEYS_MV, _DB), BACKFILL_SQL)
         + tuple(_replace_view_sql(view) for view in (RUN_OVERVIEW, LEADERBOARD)),
+    ),
+    Migration(
+        8,
+        "run lifecycle: attempts, superseded points, heartbeats, curation; attempt, group, sweep and fork columns",
+        tuple(_add_column_sql(table, column) for table, columns in LIFECYCLE_COLUMNS.items() for column in columns)
+        + tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in LIFECYCLE_TABLES)
+        + (LIFECYCLE_BACKFILL_SQL,),
     ),
 )
 

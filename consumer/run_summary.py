@@ -67,6 +67,16 @@ RUN_SUMMARY = Table(
         "points Map(String, UInt64)",
         "gpu_hours Float64",
         "updated_at DateTime64(6, 'UTC')",
+        # migration 8, the run lifecycle: the latest attempt, labels, the fork's parent, the curated note
+        # and archive flag (the curated tags replace `tags`)
+        "attempt UInt32 DEFAULT 1",
+        "run_group String DEFAULT ''",
+        "job_type LowCardinality(String) DEFAULT ''",
+        "sweep String DEFAULT ''",
+        "fork_from Nullable(String)",
+        "fork_step Nullable(Int64)",
+        "note String DEFAULT ''",
+        "archived Bool DEFAULT false",
     ),
     "ReplacingMergeTree",
     "(project, run_id)",
@@ -179,16 +189,27 @@ def _map(key: str, value: str, present: str | None = None) -> str:
     return f"mapFromArrays(groupArrayIf({key}, {present}), groupArrayIf(assumeNotNull({value}), {present}))"
 
 
-COLUMNS = ", ".join(RUN_SUMMARY.column_names)
+#: The columns migration 7 created; migration 8 added the rest (`LIFECYCLE_COLUMNS`).
+V7_COLUMNS = RUN_SUMMARY.column_names[:RUN_SUMMARY.column_names.index("updated_at") + 1]
+LIFECYCLE_COLUMNS = RUN_SUMMARY.column_names[len(V7_COLUMNS):]
+
+# What the lifecycle columns are computed from: the latest attempt's start (r) and the curated state (c).
+_LIFECYCLE_SELECT = """,
+    r.attempt, r.run_group, r.job_type, r.sweep, r.fork_from, r.fork_step,
+    ifNull(c.note, ''), ifNull(c.archived, false)"""
+_CURATION_JOIN = """
+LEFT JOIN (
+    SELECT run_id, tags, note, archived, toUInt8(1) AS curated FROM {db}.run_curation FINAL WHERE {runs_in}
+) AS c ON c.run_id = r.run_id"""
 
 #: INSERT the recomputed summary of the runs matching {runs_in} (a condition on run_id) into {db}.
-REFRESH_SQL = f"""
-INSERT INTO {{db}}.run_summary ({COLUMNS})
+_REFRESH_TEMPLATE = f"""
+INSERT INTO {{db}}.run_summary ({{columns}})
 SELECT
     r.project, r.run_id, r.run_name, r.user, r.host, r.started_at,
     if(f.finished = 1, f.finished_at, NULL),
     if(f.finished = 1, toString(f.status), 'running'),
-    r.git_commit, r.tags,
+    r.git_commit, {{tags}},
     CAST(p.params, 'Map(String, Nullable(String))'),
     CAST(p.params_num, 'Map(String, Nullable(Float64))'),
     CAST(m.final_map, 'Map(String, Nullable(Float64))'),
@@ -201,7 +222,7 @@ SELECT
     CAST(m.best_step_map, 'Map(String, Nullable(Int64))'),
     CAST(m.points_map, 'Map(String, UInt64)'),
     g.gpu_hours,
-    now64(6)
+    now64(6){{lifecycle_select}}
 FROM (SELECT * FROM {{db}}.runs FINAL WHERE {{runs_in}}) AS r
 LEFT JOIN (
     SELECT run_id, finished_at, status, toUInt8(1) AS finished FROM {{db}}.run_finishes FINAL WHERE {{runs_in}}
@@ -235,14 +256,32 @@ LEFT JOIN (
     )
     GROUP BY run_id
 ) AS m ON m.run_id = r.run_id
-LEFT JOIN ({_GPU_HOURS}) AS g ON g.run_id = r.run_id
+LEFT JOIN ({_GPU_HOURS}) AS g ON g.run_id = r.run_id{{curation_join}}
 """  # noqa: S608 - the module's own text
 
+
+def _refresh_template(*, lifecycle: bool) -> str:
+    """The refresh as migration 7 released it (lifecycle=False: the tables it may meet have no lifecycle
+    columns yet), or with migration 8's columns; both are one text, so a fix reaches both."""
+    parts = {"{columns}": ", ".join(V7_COLUMNS), "{tags}": "r.tags", "{lifecycle_select}": "", "{curation_join}": ""}
+    if lifecycle:
+        parts = {"{columns}": ", ".join(RUN_SUMMARY.column_names), "{tags}": "if(c.curated = 1, c.tags, r.tags)",
+                 "{lifecycle_select}": _LIFECYCLE_SELECT, "{curation_join}": _CURATION_JOIN}
+    sql = _REFRESH_TEMPLATE
+    for placeholder, text in parts.items():  # not str.format: the SQL keeps {db} and {runs_in} for later
+        sql = sql.replace(placeholder, text)
+    return sql
+
+
+REFRESH_SQL = _refresh_template(lifecycle=True)
+
 #: Migration 7's backfill: every run already stored ({db} filled in by `migrate`).
-BACKFILL_SQL = REFRESH_SQL.replace("{runs_in}", "1")
+BACKFILL_SQL = _refresh_template(lifecycle=False).replace("{runs_in}", "1")
+#: Migration 8's: every run again, with the lifecycle columns.
+LIFECYCLE_BACKFILL_SQL = REFRESH_SQL.replace("{runs_in}", "1")
 
 #: The tables whose rows change a run's summary; a batch with rows in any of them refreshes those runs.
-SOURCE_TABLES = ("runs", "run_params", "metric_points", "gpu_samples", "run_finishes")
+SOURCE_TABLES = ("runs", "run_params", "metric_points", "gpu_samples", "run_finishes", "run_curation")
 
 #: Runs refreshed per statement: bounds the IN list (a batch of a busy fleet touches a few hundred).
 REFRESH_CHUNK = 5000
@@ -268,4 +307,4 @@ def refresh(client: Any, database: str, run_ids: Iterable[str]) -> float:
 
 def refresh_all(client: Any, database: str) -> None:
     """Recompute every run's summary (after rows were written around the consumer: a bulk load, a bench)."""
-    client.command(BACKFILL_SQL.replace("{db}", database))
+    client.command(LIFECYCLE_BACKFILL_SQL.replace("{db}", database))

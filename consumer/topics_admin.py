@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from runstream.producer.kafka_settings import ErrorWatch, KafkaSettings
-from runstream.schemas import EVENT_TYPES, dead_letter_topic, topic_for
+from runstream.schemas import CURATION_EVENT_TYPE, EVENT_TYPES, dead_letter_topic, topic_for
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,10 @@ def ensure_topics(
         raise ValueError(f"min_insync_replicas: {min_insync} is more than the brokers' default replication factor "
                          f"{factor}: no write could ever be acknowledged")
     topic_config = {"min.insync.replicas": str(min_insync)} if min_insync is not None else {}
-    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor or -1, config=topic_config)
+    # Curation messages carry a run's whole curated state, so compaction (the last per run id) loses nothing.
+    compacted = topic_for(topic_prefix, CURATION_EVENT_TYPE)
+    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor or -1,
+                       config={**topic_config, "cleanup.policy": "compact"} if n == compacted else topic_config)
               for n in missing]
     created = []
     for name, future in admin.create_topics(wanted, request_timeout=timeout).items():

@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from runstream.producer import lifecycle, metadata
+from runstream.producer.attempts import resolve_attempt
 from runstream.producer.encodable import (
     FLOAT_INT_LIMIT,
     LONG_MAX,
@@ -35,6 +37,8 @@ from runstream.producer.worker import EventWorker
 log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("ok", "failed", "killed")
+#: Longest group, job type and sweep name (characters): they are labels, shown in lists and legends.
+MAX_LABEL_CHARS = 128
 _GPU_REQUIRED = ("time_us", "gpu_index", "gpu_uuid", "gpu_model")
 _GPU_FIELDS = _GPU_REQUIRED + tuple(f.name for f in GPU_FIELDS) + ("process_memory_bytes",)
 _HOST_FIELDS = ("host_cpu_pct", "host_memory_used_bytes", "host_memory_total_bytes", "process_rss_bytes")
@@ -73,6 +77,37 @@ def _as_tags(tags: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     return dict(pairs)
 
 
+def _label(name: str, value: str | None) -> str | None:
+    """A group, job type or sweep name: a non-empty string of at most MAX_LABEL_CHARS, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
+    if len(value) > MAX_LABEL_CHARS:
+        raise ValueError(f"{name}: {len(value)} characters, more than the {MAX_LABEL_CHARS} allowed "
+                         f"({value[:40]!r}...)")
+    check_text(name, value)
+    return value
+
+
+def _fork(run_id: str, fork_from: str | None, fork_step: int | None) -> tuple[str | None, int | None]:
+    """The parent run id (normalised) and step of a fork; both or neither must be given."""
+    if fork_from is None and fork_step is None:
+        return None, None
+    if fork_from is None or fork_step is None:
+        raise ValueError(f"fork_from and fork_step go together: got fork_from={fork_from!r}, fork_step={fork_step!r}")
+    if type(fork_step) is not int or not 0 <= fork_step <= LONG_MAX:
+        raise ValueError(f"fork_step: expected a step (an integer >= 0), got {shown(fork_step)}")
+    try:
+        parent = str(uuid.UUID(fork_from))
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"fork_from: expected a run id (a UUID such as one printed by runstream), "
+                         f"got {fork_from!r}") from None
+    if parent == run_id:
+        raise ValueError(f"fork_from: run {parent} cannot be forked from itself")
+    return parent, fork_step
+
+
 class Run:
     """One training run. Use `runstream.init()` to create one; usable as a context manager."""
 
@@ -87,9 +122,15 @@ class Run:
         settings: ProducerSettings | None = None,
         gpus: NvmlGpus | None = None,
         resume: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        sweep: str | None = None,
+        fork_from: str | None = None,
+        fork_step: int | None = None,
     ) -> None:
         """`gpus` is the NVML source (tests without a GPU pass a fake); by default pynvml is used
         when sampling is on (`settings.sample_interval_s` > 0). `resume` continues an earlier run id.
+        `group`, `job_type` and `sweep` label the run; `fork_from`/`fork_step` make it a fork.
 
         In distributed training every rank samples its GPUs into the same run, but only rank 0
         records the run's start, params, metrics and end (unless `settings.log_all_ranks`).
@@ -101,12 +142,17 @@ class Run:
             if not isinstance(name, str):
                 raise TypeError(f"name: expected a string, got {type(name).__name__} {name!r}")
             check_text("name", name)
+        self.group = _label("group", group)
+        self.job_type = _label("job_type", job_type)
+        self.sweep = _label("sweep", sweep)
         self.settings = settings or ProducerSettings.resolve()
         self.distributed = metadata.distributed()
         rank = self.distributed["rank"]
         self.is_lead = rank in (None, 0) or self.settings.log_all_ranks
         self.resumed = resume is not None
         self.run_id = resolve_run_id(resume, self.distributed["world_size"])
+        self.fork_from, self.fork_step = _fork(self.run_id, fork_from, fork_step)
+        self.attempt = resolve_attempt(self.run_id, resumed=self.resumed, spool=self.settings.spool)
         self.project = project
         self.name = name or run_name()
         flat = flatten_params(config)
@@ -119,6 +165,7 @@ class Run:
         self._known_keys: set[str] = set()
         lifecycle.install(_finish_all, _forget_in_child, _shutdown_timeout_s)
         self._worker = _worker_for(self.settings)
+        self._worker.attempts[self.run_id] = self.attempt
         self._sampler: SystemSampler | None = None
         if self.settings.sample_interval_s > 0:
             self._sampler = SystemSampler(
@@ -156,6 +203,12 @@ class Run:
             **self.distributed,
             "scheduler": scrub(metadata.scheduler_ids()),
             "resumed": self.resumed,
+            "attempt": self.attempt,
+            "run_group": self.group,
+            "job_type": self.job_type,
+            "sweep": self.sweep,
+            "fork_from": self.fork_from,
+            "fork_step": self.fork_step,
         }
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -221,6 +274,7 @@ class Run:
             "timestamp_us": _now_us(),
             "params": params or [],
             "data_versions": data_versions or [],
+            "attempt": self.attempt,
         }
         self._worker.put(("event", "run_updated", self.run_id, record))
 
@@ -284,6 +338,7 @@ class Run:
             "timestamp_us": _now_us(),
             "host": host or scrub(metadata.host_name()),
             "samples": rows,
+            "attempt": self.attempt,
             **{name: (host_metrics or {}).get(name) for name in _HOST_FIELDS},
         }
         check_event("gpu_samples", record)
@@ -316,6 +371,7 @@ class Run:
             "exit_code": exit_code,
             "error": scrub(error),  # exception text may carry anything: repaired, never refused
             "summary": None,  # filled by the worker: the last value of each metric logged before
+            "attempt": self.attempt,
         }
         # Marked finished and queued before the flush waits, so that a SIGTERM landing there finds
         # the run's end already queued and does not start over. Not bounded by the queue's byte
@@ -396,13 +452,21 @@ def init(
     topic_prefix: str | None = None,
     sample_interval: float | None = None,
     resume: str | None = None,
+    group: str | None = None,
+    job_type: str | None = None,
+    sweep: str | None = None,
+    fork_from: str | None = None,
+    fork_step: int | None = None,
 ) -> Run:
     """Start a run. `config` (nested, e.g. a Hydra config) and `params` are both recorded as params.
 
     Events go to Kafka when `kafka` or `RUNSTREAM_KAFKA` names bootstrap servers, else to the
     spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool). GPUs and the host are
     sampled every `sample_interval` seconds (`RUNSTREAM_SAMPLE_INTERVAL`, default 5; 0 turns it off).
-    `resume=RUN_ID` continues an earlier run: same id, its start recorded again as resumed.
+    `resume=RUN_ID` continues an earlier run: same id, its start recorded again as resumed, with the
+    next attempt number (steps it logs again win over the earlier attempt's; both stay queryable).
+    `group` (e.g. the seeds of one experiment), `job_type` and `sweep` label the run (128 characters
+    at most); `fork_from=RUN_ID, fork_step=N` starts a fork whose curves are the parent's up to step N.
     A secured Kafka takes librdkafka options: `kafka_options={"security.protocol": "SASL_SSL", ...}`,
     `RUNSTREAM_KAFKA_*` variables (`RUNSTREAM_KAFKA_SASL_PASSWORD` is `sasl.password`) or the `[kafka]`
     table of the `RUNSTREAM_CONFIG` file; `kafka` may also be a `KafkaSettings`.
@@ -411,7 +475,8 @@ def init(
         kafka=kafka, kafka_options=kafka_options, spool=spool, topic_prefix=topic_prefix,
         sample_interval_s=sample_interval,
     )
-    return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings, resume=resume)
+    return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings, resume=resume,
+               group=group, job_type=job_type, sweep=sweep, fork_from=fork_from, fork_step=fork_step)
 
 
 def _shutdown_timeout_s() -> float:

@@ -190,8 +190,9 @@ class _PointColumns:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def to_record(self, run_id: str) -> dict[str, Any]:
+    def to_record(self, run_id: str, attempt: int) -> dict[str, Any]:
         return {
+            "attempt": attempt,
             "event_id": event_id(),
             "run_id": run_id,
             "timestamp_us": time.time_ns() // 1000,
@@ -262,6 +263,8 @@ class EventWorker:
         self._flush_lock = threading.Lock()
         self._stopping = False
         self._last_values: dict[str, dict[str, float]] = {}
+        #: The attempt of each run this process logs to (set by `Run`); its metric_steps carry it.
+        self.attempts: dict[str, int] = {}
         self.dropped_items = 0
         self.sent_events = 0
         self.rejected_events = 0
@@ -491,20 +494,20 @@ class EventWorker:
                 columns.add(step, time_us, metrics)
                 self._last_values.setdefault(run_id, {}).update(metrics)
                 if len(columns) >= limit:
-                    self._send_points(run_id, columns.to_record(run_id))
+                    self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
                     del pending[run_id]
             elif kind == "close":  # a run that ends without a run_finished event (ranks > 0)
                 run_id = item[1]
                 columns = pending.pop(run_id, None)
                 if columns is not None:
-                    self._send_points(run_id, columns.to_record(run_id))
+                    self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
                 self._last_values.pop(run_id, None)
                 self._close_run(run_id)
             else:
                 _, event_type, run_id, record, _size = item
                 columns = pending.pop(run_id, None)
                 if columns is not None:
-                    self._send_points(run_id, columns.to_record(run_id))
+                    self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
                 if event_type == "run_finished":
                     # The summary is the last value of each metric logged before the finish.
                     if record.get("summary") is None:  # (only what a double holds: a run must end)
@@ -516,7 +519,7 @@ class EventWorker:
                 else:
                     self._send(event_type, run_id, record)
         for run_id, columns in pending.items():
-            self._send_points(run_id, columns.to_record(run_id))
+            self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
         self._taken_bytes += freed
         self._room.ring()
 

@@ -19,11 +19,16 @@ from fastavro.schema import to_parsing_canonical_form
 from runstream.schemas.fingerprint import fingerprint_bytes
 
 #: Event types of contract v1, in the order a run emits them. New types are added at the end.
-#: drift_reference (training time) and prediction_samples (serving) feed drift monitoring.
+#: drift_reference (training time) and prediction_samples (serving) feed drift monitoring;
+#: run_heartbeat says a run's process is alive; run_curation carries tags, notes, archive and delete
+#: after the fact (its topic is compacted by run id: `CURATION_EVENT_TYPE`).
 EVENT_TYPES = (
     "run_started", "metric_steps", "gpu_samples", "run_finished", "run_updated", "drift_reference",
-    "prediction_samples",
+    "prediction_samples", "run_heartbeat", "run_curation",
 )
+
+#: The one event type whose topic keeps only each run's last message (cleanup.policy=compact).
+CURATION_EVENT_TYPE = "run_curation"
 
 _FILE_NAME = re.compile(r"^(?P<event_type>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
 

@@ -13,12 +13,13 @@ import fastavro
 
 from runstream.schemas.catalogue import Catalogue, SchemaVersion
 from runstream.schemas.columnar import (
+    COLUMNAR_METRIC_STEPS_VERSIONS,
     ColumnarDecodeError,
     FieldPlan,
     ManyDecoded,
     decode_many,
-    decode_metric_steps_v1,
-    encode_metric_steps_v1,
+    decode_metric_steps,
+    encode_metric_steps,
     record_plan,
 )
 
@@ -51,8 +52,8 @@ class Encoder:
 
     def encode(self, event_type: str, record: dict[str, Any]) -> bytes:
         version = self._catalogue.latest(event_type)
-        if event_type == "metric_steps" and version.version == 1:
-            return MAGIC + version.fingerprint + encode_metric_steps_v1(record)
+        if event_type == "metric_steps" and version.version in COLUMNAR_METRIC_STEPS_VERSIONS:
+            return MAGIC + version.fingerprint + encode_metric_steps(record, version.version)
         buffer = io.BytesIO()
         buffer.write(MAGIC)
         buffer.write(version.fingerprint)
@@ -63,7 +64,7 @@ class Encoder:
 class Decoder:
     """Decodes single-object messages into the newest known version of their event type.
 
-    `metric_steps` v1 bodies, most of the traffic, are decoded column by column into numpy
+    `metric_steps` bodies, most of the traffic, are decoded column by column into numpy
     arrays (`columnar.py`); everything else through fastavro into plain Python values.
     """
 
@@ -124,14 +125,13 @@ class Decoder:
                 offset=offset,
             )
         reader = self._catalogue.latest(writer.event_type)
-        if (reader is writer and writer.event_type == "metric_steps" and writer.version == 1
-                and len(data) >= COLUMNAR_MIN_BYTES):
+        if (writer.event_type == "metric_steps" and writer.version in COLUMNAR_METRIC_STEPS_VERSIONS
+                and reader.version in COLUMNAR_METRIC_STEPS_VERSIONS and len(data) >= COLUMNAR_MIN_BYTES):
             try:
-                return writer.event_type, decode_metric_steps_v1(bytes(data), HEADER_SIZE)
+                return writer.event_type, decode_metric_steps(bytes(data), HEADER_SIZE, writer.version)
             except ColumnarDecodeError as error:
-                raise DecodeError(
-                    error.reason, f"metric_steps v1: cannot decode body: {error}", partition=partition, offset=offset
-                ) from error
+                raise DecodeError(error.reason, f"metric_steps v{writer.version}: cannot decode body: {error}",
+                                  partition=partition, offset=offset) from error
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         try:

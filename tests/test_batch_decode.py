@@ -174,6 +174,7 @@ def test_bodies_the_bulk_path_does_not_read_are_flagged_and_the_one_by_one_path_
         + _blocked([_zigzag(s) for s in steps], 29)
         + _blocked([struct.pack("<d", 0.25)] * 30, 1)
         + _blocked([_zigzag(NOW_US)] * 30, 15)
+        + _zigzag(2)  # attempt
     )
     corrupt = {
         "truncated": good[0][:-9],

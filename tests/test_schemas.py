@@ -30,8 +30,13 @@ def sample(event_type: str) -> dict[str, object]:
                                                          "memory_total_bytes": 80}]},
             "framework_versions": {"python": "3.11"},
             "command_line": ["python", "train.py"],
-            "rank": 0, "local_rank": 0, "world_size": 8, "scheduler": {"slurm_job_id": "42"}, "resumed": False,
+            "rank": 0, "local_rank": 0, "world_size": 8, "scheduler": {"slurm_job_id": "42"}, "resumed": True,
+            "attempt": 2, "run_group": "seeds", "job_type": "train", "sweep": "lr-sweep",
+            "fork_from": "01a2363d-1929-7668-9292-b5f7bcdf3f4f", "fork_step": 500,
         },
+        "run_heartbeat": {"attempt": 2, "interval_s": 30.0, "last_step": 700, "last_step_us": 5, "steps_per_s": 1.5},
+        "run_curation": {"action": "tag", "actor": "ana", "tags": {"keep": ""}, "note": "best so far",
+                         "archived": False, "deleted": False},
         "drift_reference": {"model": "churn", "version": "3", "features": [
             {"name": "age", "kind": "numeric", "cut_points": [30.0, 50.0], "categories": [], "counts": [10, 20, 5],
              "count": 35, "missing": 1, "mean": 41.0, "std": 9.5, "min": 18.0, "max": 90.0, "sample": [25.0, 44.0]},
@@ -44,9 +49,10 @@ def sample(event_type: str) -> dict[str, object]:
              "categorical": {"country": "de"}, "prediction": "stay", "label": None},
             {"sample_id": "s-2", "time_us": 2, "numeric": {}, "categorical": {}, "prediction": 0.7, "label": 1.0}]},
         "run_updated": {"params": [{"key": "lr", "value": 0.05}],
-                        "data_versions": [{"name": "val", "version": None, "uri": "s3://b/val", "digest": None}]},
+                        "data_versions": [{"name": "val", "version": None, "uri": "s3://b/val", "digest": None}],
+                        "attempt": 3},
         "metric_steps": {"metric_names": ["loss", "acc"], "metric_index": [0, 1, 0], "steps": [1, 1, 2],
-                         "values": [0.5, float("inf"), -1.0], "times_us": [1, 2, 3]},
+                         "values": [0.5, float("inf"), -1.0], "times_us": [1, 2, 3], "attempt": 2},
         "gpu_samples": {"host": "h", "samples": [{"time_us": 1, "gpu_index": 0, "gpu_uuid": "GPU-1",
                                                   "gpu_model": "H100", "utilization_pct": 50.0,
                                                   "memory_used_bytes": None, "memory_total_bytes": None,
@@ -54,8 +60,8 @@ def sample(event_type: str) -> dict[str, object]:
                                                   "memory_clock_mhz": None, "power_limit_w": 700.0,
                                                   "throttle_reasons": 4, "process_memory_bytes": 0}],
                         "host_cpu_pct": 12.5, "host_memory_used_bytes": 5, "host_memory_total_bytes": 10,
-                        "process_rss_bytes": 3},
-        "run_finished": {"status": "ok", "exit_code": 0, "error": None, "summary": {"loss": 0.1}},
+                        "process_rss_bytes": 3, "attempt": 1},
+        "run_finished": {"status": "ok", "exit_code": 0, "error": None, "summary": {"loss": 0.1}, "attempt": 2},
     }
     return {**common, **bodies[event_type]}
 
@@ -103,7 +109,7 @@ def test_newer_reader_reads_what_the_current_producer_writes() -> None:
     data = Encoder(Catalogue(current)).encode("run_finished", sample("run_finished"))
     # A future consumer: its catalogue holds today's schemas plus a v2 that adds a field with a default.
     future = Catalogue(current)
-    future.register(_evolved("run_finished", 2, "add_field"))
+    future.register(_evolved("run_finished", bundled_catalogue().latest("run_finished").version + 1, "add_field"))
     event_type, record = Decoder(future).decode(data)
     assert event_type == "run_finished"
     assert record["added_later"] == "n/a"
@@ -124,11 +130,11 @@ def test_current_reader_reads_what_an_older_producer_wrote() -> None:
     assert record["status"] == "ok"
 
 
-def test_bundled_gpu_samples_v1_events_read_as_v2() -> None:
-    """The bundled history itself: an event from a producer still on gpu_samples v1 reads into v2."""
+def test_bundled_gpu_samples_v1_events_read_as_the_latest() -> None:
+    """The bundled history itself: an event from a producer still on gpu_samples v1 reads into the latest."""
     catalogue = bundled_catalogue()
     v1 = next(v for v in catalogue.versions() if v.event_type == "gpu_samples" and v.version == 1)
-    assert catalogue.latest("gpu_samples").version == 2
+    assert catalogue.latest("gpu_samples").version > 1
     v1_record = sample("gpu_samples")
     for name in ("host_cpu_pct", "host_memory_used_bytes", "host_memory_total_bytes", "process_rss_bytes"):
         del v1_record[name]
@@ -139,6 +145,7 @@ def test_bundled_gpu_samples_v1_events_read_as_v2() -> None:
     assert data[2:10] == v1.fingerprint
     _, record = Decoder(catalogue).decode(data)
     assert record["host_cpu_pct"] is None and record["samples"][0]["power_limit_w"] is None
+    assert record["attempt"] == 1
     assert record["samples"][0]["utilization_pct"] == 50.0
 
 
@@ -220,6 +227,7 @@ def test_columnar_metric_steps_decoder_agrees_with_fastavro_on_every_block_layou
         + _blocked([_zigzag(s) for s in steps], 1)
         + _blocked([struct.pack("<d", v) for v in values], 499)
         + _blocked([_zigzag(t) for t in times], 250)
+        + _zigzag(3)  # attempt (v2)
     )
     catalogue = bundled_catalogue()
     version = catalogue.latest("metric_steps")
@@ -227,9 +235,10 @@ def test_columnar_metric_steps_decoder_agrees_with_fastavro_on_every_block_layou
     _, record = Decoder(catalogue).decode(MAGIC + version.fingerprint + body)
     assert record["metric_names"] == expected["metric_names"] == ["loss", "acc", "lr"]
     assert record["timestamp_us"] == -7
+    assert record["attempt"] == expected["attempt"] == 3
     for column in ("metric_index", "steps", "values", "times_us"):
         assert record[column].tolist() == expected[column], column
-    with pytest.raises(DecodeError, match="metric_steps v1"):
+    with pytest.raises(DecodeError, match="metric_steps v2"):
         Decoder(catalogue).decode(MAGIC + version.fingerprint + body[:-40])
 
 
@@ -239,7 +248,7 @@ def test_columnar_metric_steps_encoder_writes_exactly_what_fastavro_writes() -> 
 
     import fastavro
 
-    from runstream.schemas.columnar import encode_metric_steps_v1
+    from runstream.schemas.columnar import encode_metric_steps
 
     rng = random.Random(5)
     version = bundled_catalogue().latest("metric_steps")
@@ -256,8 +265,8 @@ def test_columnar_metric_steps_encoder_writes_exactly_what_fastavro_writes() -> 
             "event_id": "e-ü", "run_id": "r-1", "timestamp_us": -3, "metric_names": ["loss", "ä"] if n else [],
             "metric_index": [i % 2 for i in range(n)], "steps": steps,
             "values": [rng.choice([1, 0.25, float("nan"), float("-inf"), -1e-300]) for _ in range(n)],
-            "times_us": [1_795_680_000_000_000 + rng.randrange(10**7) for _ in range(n)],
+            "times_us": [1_795_680_000_000_000 + rng.randrange(10**7) for _ in range(n)], "attempt": n + 1,
         }
         expected = io.BytesIO()
         fastavro.schemaless_writer(expected, version.parsed, record)
-        assert encode_metric_steps_v1(record) == expected.getvalue(), f"{n} points"
+        assert encode_metric_steps(record, version.version) == expected.getvalue(), f"{n} points"
