@@ -14,7 +14,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from databases import fresh_database_dsn
+from logged_runs import log_run
 
 import runstream
 from runstream.analysis import queries
@@ -89,34 +89,9 @@ RUNS = [
 VISION = [r for r in RUNS if r.project == "vision"]
 BY_NAME = {r.name: r for r in RUNS}
 
-_DIED = """
-import os, sys, json, runstream
-spec = json.loads(sys.argv[1])
-run = runstream.init(spec["project"], spec["name"], params=spec["params"], spool=sys.argv[2], sample_interval=0)
-for metric, points in spec["metrics"].items():
-    for step, value in points:
-        run.log({metric: float(value)}, step=step)
-run._worker.put(("close", run.run_id))  # seal the spool files as a dying process's worker would have
-run.flush()
-os._exit(0)  # no finish, no exit hooks: the run never ends
-"""
-
-
 def log_runs(spool: Path) -> None:
     for spec in RUNS:
-        if spec.status is None:
-            payload = json.dumps({"project": spec.project, "name": spec.name, "params": spec.params,
-                                  "metrics": {m: [[s, repr(v)] for s, v in pts] for m, pts in spec.metrics.items()}})
-            subprocess.run([sys.executable, "-c", textwrap.dedent(_DIED), payload, str(spool)], check=True,
-                           timeout=120)
-            continue
-        run = runstream.init(spec.project, spec.name, params=spec.params, spool=str(spool), sample_interval=0)
-        for version in spec.data_versions:
-            run.log_data_version(version["name"], version=version.get("version"), uri=version.get("uri"))
-        for metric, points in spec.metrics.items():
-            for step, value in points:
-                run.log({metric: value}, step=step)
-        run.finish(spec.status)
+        log_run(spool, spec.project, spec.name, spec.params, spec.metrics, spec.status, spec.data_versions)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import math
 import random
 import subprocess
 import sys
-import textwrap
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 from databases import fresh_database_dsn
+from logged_runs import log_run
 
 import runstream
 from runstream.analysis.reproduce import nest
@@ -109,32 +109,9 @@ def workload(seed: int = 20261202) -> list[Spec]:
 SPECS = workload()
 BY_NAME = {spec.name: spec for spec in SPECS}
 
-_DIED = """
-import os, sys, json, runstream
-spec = json.loads(sys.argv[1])
-run = runstream.init(spec["project"], spec["name"], params=spec["params"], spool=sys.argv[2], sample_interval=0)
-for metric, points in spec["metrics"].items():
-    for step, value in points:
-        run.log({metric: value}, step=step)
-run._worker.put(("close", run.run_id))  # seal the spool files as a dying process's worker would have
-run.flush()
-os._exit(0)  # no finish, no exit hooks: the run never ends
-"""
-
-
 def log_workload(spool: Path) -> None:
     for spec in SPECS:
-        if spec.status is None:  # Python's json keeps NaN/Infinity: fine for this private pipe
-            payload = json.dumps({"project": PROJECT, "name": spec.name, "params": spec.params,
-                                  "metrics": spec.metrics})
-            subprocess.run([sys.executable, "-c", textwrap.dedent(_DIED), payload, str(spool)], check=True,
-                           timeout=120)
-            continue
-        run = runstream.init(PROJECT, spec.name, params=spec.params, spool=str(spool), sample_interval=0)
-        for metric, points in spec.metrics.items():
-            for step, value in points:
-                run.log({metric: value}, step=step)
-        run.finish(spec.status)
+        log_run(spool, PROJECT, spec.name, spec.params, spec.metrics, spec.status)
 
 
 @pytest.fixture(scope="module")
