@@ -21,7 +21,7 @@ import io
 import json
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
@@ -55,20 +55,44 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
-def _display(value: Any) -> str:
-    """A table cell: numbers rounded for reading, never for storing."""
+def _scalar(value: Any) -> Any:
+    """The plain Python value behind what drivers return (numpy scalars, Decimal, UUID, IP addresses,
+    bytes): every format encodes plain values only, so each type is dispatched here once."""
+    number = _as_float(value)
+    if number is not None:
+        return number
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value.is_finite() and value == value.to_integral_value() else str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, uuid.UUID | IPv4Address | IPv6Address):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, list | tuple | dict):
+        return _scalar(value.item())  # numpy ints and bools
+    return value
+
+
+def _rounded(number: float) -> str:
+    """A number for reading: 4 decimals, or 4 significant digits when very small or large."""
+    if math.isnan(number) or math.isinf(number):
+        return _float_text(number)
+    if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e6):
+        return f"{number:.4g}"
+    text = f"{number:.4f}".rstrip("0").rstrip(".")
+    return "-0" if text == "-0" and math.copysign(1.0, number) < 0 else text
+
+
+def _text(value: Any, number_text: Callable[[float], str]) -> str:
+    """A table or CSV cell; the two differ only in how a float is written."""
+    value = _scalar(value)
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    number = _as_float(value)
-    if number is not None:
-        if math.isnan(number) or math.isinf(number):
-            return _float_text(number)
-        if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e6):
-            return f"{number:.4g}"
-        text = f"{number:.4f}".rstrip("0").rstrip(".")
-        return "-0" if text == "-0" and math.copysign(1.0, number) < 0 else text
+    if isinstance(value, float):
+        return number_text(value)
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
     if isinstance(value, date):
@@ -76,55 +100,35 @@ def _display(value: Any) -> str:
     if isinstance(value, list | tuple | dict):
         return dumps_json(value, indent=None)
     return str(value)
+
+
+def _display(value: Any) -> str:
+    """A table cell: numbers rounded for reading, never for storing."""
+    return _text(value, _rounded)
 
 
 def csv_cell(value: Any) -> str:
     """A CSV field that parses back (csv + float()/int()) to exactly `value`; see the module docstring."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    number = _as_float(value)
-    if number is not None:
-        return _float_text(number)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list | tuple | dict):
-        return dumps_json(value, indent=None)
-    return str(value)
+    return _text(value, _float_text)
 
 
 def json_value(value: Any) -> Any:
     """`value` made of what strict JSON holds: NaN/±Inf as "NaN"/"Infinity"/"-Infinity", times as ISO text."""
+    value = _scalar(value)
     if value is None or isinstance(value, bool | str | int):
         return value
-    number = _as_float(value)
-    if number is not None:
-        if math.isnan(number):
+    if isinstance(value, float):
+        if math.isnan(value):
             return JSON_NAN
-        if math.isinf(number):
-            return JSON_INFINITY if number > 0 else JSON_NEG_INFINITY
-        return number
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and value.is_finite() else str(value)
+        if math.isinf(value):
+            return JSON_INFINITY if value > 0 else JSON_NEG_INFINITY
+        return value
     if isinstance(value, datetime | date):
         return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
     if isinstance(value, Mapping):
         return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [json_value(v) for v in value]
-    if isinstance(value, uuid.UUID | IPv4Address | IPv6Address):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy ints and bools
-        return json_value(value.item())
     return str(value)
 
 
