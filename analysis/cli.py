@@ -12,10 +12,13 @@ import argparse
 import functools
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runstream.analysis import curation, curves
+from runstream.analysis.filters import ATTRIBUTES
 from runstream.consumer.clickhouse_settings import add_clickhouse_option
 from runstream.output import FORMATS, dumps_json, render
 from runstream.progress import Stages, add_option
@@ -31,12 +34,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 _WHERE_HELP = """\
 filter, e.g. "params.lr < 0.01 and metrics.acc > 0.9". Fields: params.KEY, metrics.NAME (final
-value), best.NAME (best value: min for loss-like names, else max), tags.KEY, run_id, name, project,
-status, user, host, git_commit, started_at, finished_at, gpu_hours. Operators: = != < <= > >=,
+value), best.NAME (best value: min for loss-like names, else max), tags.KEY,
+{fields}. Operators: = != < <= > >=,
 in (...), not in (...), like 'pat%%', is [not] null, and, or, not, parentheses. Values are numbers,
 'quoted strings', true, false. A run lacking the field never matches. A name with characters
 other than A-Z a-z 0-9 _ (unicode, '-', spaces) goes in backquotes: metrics.`损失` > 0,
-params.`warmup-steps` >= 100."""
+params.`warmup-steps` >= 100. status is running, stalled (heartbeats arrive, the step stands still for
+[monitor] stall_after_s), lost (no heartbeat for 3 intervals, no finish), ok, failed or killed."""
+_WHERE_HELP = _WHERE_HELP.replace("{fields}", textwrap.fill(", ".join(ATTRIBUTES), 100))  # the filter's own list
 
 
 def add_parsers(commands: Any) -> None:
@@ -51,6 +56,9 @@ def add_parsers(commands: Any) -> None:
                       help="comma-separated fields, '-' for descending, e.g. -metrics.acc,params.lr "
                       "(missing values last; default: start time)")
     runs.add_argument("--limit", type=int, default=None, help="at most this many runs")
+    runs.add_argument("--group", default=None, metavar="G", help="only runs of this group (init(group=...))")
+    runs.add_argument("--sweep", default=None, metavar="S", help="only runs of this sweep (init(sweep=...))")
+    runs.add_argument("--archived", action="store_true", help="include archived runs (runstream archive)")
     _common(runs)
     # `--sort -metrics.acc`: argparse would read a value starting with '-' as an unknown option. Its
     # hook for negative numbers (a private attribute, present in 3.11-3.14) lets such words through
@@ -76,6 +84,7 @@ def add_parsers(commands: Any) -> None:
     best.add_argument("--mode", choices=("min", "max"), default=None,
                       help="min or max is best (default: min for loss-like names such as loss, error, mse; else max)")
     best.add_argument("--limit", type=int, default=10, help="show this many runs (default %(default)s; 0: all)")
+    best.add_argument("--archived", action="store_true", help="rank archived runs too (runstream archive)")
     _common(best)
 
     importance = commands.add_parser(
@@ -112,6 +121,20 @@ def add_parsers(commands: Any) -> None:
                         help="for the cost column (default %(default)s)")
     report.add_argument("--points", type=int, default=500, help="points per curve (default %(default)s)")
     _common(report)
+
+    lineage = commands.add_parser(
+        "lineage", help="a run's fork tree: ancestors up to the root and every fork of it, with fork steps",
+        description="The fork tree of RUN (init(fork_from=..., fork_step=...)): its ancestors up to the root, "
+        "the run and all its descendants, each with its run id, name, fork step and status. A fork's curve "
+        "is its parent's up to the fork step, then its own.")
+    lineage.add_argument("run", metavar="RUN", help="run id or (unique) run name")
+    lineage.add_argument("--format", choices=("tree", *FORMATS), default="tree",
+                         help="tree (indented text), or rows as table, csv or json (default %(default)s)")
+    add_clickhouse_option(lineage)
+    add_option(lineage)
+
+    curation.add_parsers(commands)  # tag, note, archive, delete
+    curves.add_parsers(commands)  # curve
 
 
 def clickhouse_error_line(error: BaseException) -> str:
@@ -161,7 +184,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with Stages("runstream runs", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("querying")
-        table = queries.runs(client, db, project=args.project, where=args.where, sort=args.sort, limit=args.limit)
+        table = queries.runs(client, db, project=args.project, where=args.where, sort=args.sort, limit=args.limit,
+                             group=args.group, sweep=args.sweep, include_archived=args.archived)
     _print(table.columns, table.rows, args.format)
     return 0
 
@@ -185,7 +209,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     with Stages("runstream best", show=args.progress) as progress:
         client, db = _open(args, progress)
         progress.step("ranking")
-        table = queries.leaderboard(client, db, args.project, args.metric, args.mode, args.limit or None)
+        table = queries.leaderboard(client, db, args.project, args.metric, args.mode, args.limit or None,
+                                    include_archived=args.archived)
     _print(table.columns, table.rows, args.format)
     _left_out_note("runstream best", args, table.left_out)
     return 0
@@ -257,6 +282,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@clickhouse_errors
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from runstream.analysis import lineage, queries
+
+    with Stages("runstream lineage", show=args.progress) as progress:
+        client, db = _open(args, progress)
+        progress.step("reading the fork tree")
+        run_id = queries.resolve_runs(client, db, [args.run])[0][0]
+        nodes = lineage.lineage(client, db, run_id)
+    if args.format == "tree":
+        print(lineage.render_tree(nodes))
+    else:
+        _print(lineage.LINEAGE_COLUMNS, [node.row() for node in nodes], args.format)
+    return 0
+
+
 COMMANDS: dict[str, Handler] = {
     "runs": cmd_runs,
     "compare": cmd_compare,
@@ -264,4 +305,7 @@ COMMANDS: dict[str, Handler] = {
     "importance": cmd_importance,
     "reproduce": cmd_reproduce,
     "report": cmd_report,
+    "lineage": cmd_lineage,
+    **{name: clickhouse_errors(handler) for name, handler in curation.COMMANDS.items()},
+    **{name: clickhouse_errors(handler) for name, handler in curves.COMMANDS.items()},
 }

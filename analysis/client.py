@@ -16,12 +16,13 @@ value never logged is null; in pandas, numeric columns that have missing values 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 
-from runstream.analysis import queries
+from runstream.analysis import curation, queries
 from runstream.analysis.importance import importance
 from runstream.analysis.reproduce import reproduce
 from runstream.output import csv_cell
@@ -98,11 +99,26 @@ class Client:
         self.client, self.database = queries.open_database(settings.authenticated_dsn())
 
     def runs(self, project: str | None = None, *, where: str | None = None, sort: str | None = None,
-             limit: int | None = None, output: Output = "pandas") -> Any:
-        """One row per run: run_id, name, project, status, started_at, params.*, metrics.* (final), best.*,
-        gpu_hours. `where` and `sort` take the CLI's filter language (`runstream runs --help`)."""
+             limit: int | None = None, group: str | None = None, sweep: str | None = None,
+             include_archived: bool = False, output: Output = "pandas") -> Any:
+        """One row per run: run_id, name, project, status, started_at, group/job_type/sweep (when some run has
+        them), params.*, metrics.* (final), best.*, gpu_hours. `where` and `sort` take the CLI's filter
+        language (`runstream runs --help`); `group`/`sweep` keep the runs with that label. Archived runs
+        (`archive`) are left out unless `include_archived`."""
         return _frame(queries.runs(self.client, self.database, project=project, where=where, sort=sort,
-                                   limit=limit), output)
+                                   limit=limit, group=group, sweep=sweep, include_archived=include_archived), output)
+
+    def status(self, project: str | None = None, *, now: Any = None, stall_after_s: float | None = None,
+               output: Output = "pandas") -> Any:
+        """Each run's honest status (running, stalled, lost, ok, failed, killed; runstream.monitoring.run_status)
+        as of `now` (a timezone-aware datetime; default the current time), with what decided it: attempt,
+        last_heartbeat_at, step_advanced_at, steps_per_s, stalled_s, archived. `runs()` shows the same status."""
+        from runstream.monitoring.run_status import run_statuses
+
+        rows = run_statuses(self.client, self.database, now=now, stall_after_s=stall_after_s, project=project)
+        columns = ["run_id", "run_name", "project", "status", "attempt", "last_heartbeat_at", "step_advanced_at",
+                   "steps_per_s", "stalled_s", "archived"]
+        return _frame(queries.Table(columns, [[row[c] for c in columns] for row in rows]), output)
 
     def metric_history(self, runs: str | list[str], metrics: str | list[str], *, points: int | None = None,
                        output: Output = "pandas") -> Any:
@@ -129,11 +145,11 @@ class Client:
         return _frame(queries.compare(self.client, self.database, list(runs), metrics), output)
 
     def best(self, project: str, metric: str, mode: str | None = None, *, limit: int | None = None,
-             output: Output = "pandas") -> Any:
+             include_archived: bool = False, output: Output = "pandas") -> Any:
         """The leaderboard: ranked by best finite value, ties to the earlier step. Runs that logged the
         metric but never a finite value are left out; how many is `.attrs["left_out"]` (pandas) or the
-        schema metadata `left_out` (Arrow)."""
-        table = queries.leaderboard(self.client, self.database, project, metric, mode, limit)
+        schema metadata `left_out` (Arrow). Archived runs are left out unless `include_archived`."""
+        table = queries.leaderboard(self.client, self.database, project, metric, mode, limit, include_archived)
         return _with_left_out(_frame(table, output), table.left_out)
 
     def importance(self, project: str, metric: str, mode: str | None = None, *, output: Output = "pandas") -> Any:
@@ -145,6 +161,57 @@ class Client:
     def reproduce(self, run: str) -> dict[str, Any]:
         """Commit, command line, config, data versions and hardware of a run, and a `launch` line."""
         return reproduce(self.client, self.database, run)
+
+    def lineage(self, run: str, *, output: Output = "pandas") -> Any:
+        """The fork tree of `run` (id or unique name), as `runstream lineage` prints it: one row per run
+        (run_id, name, fork_from, fork_step, status, depth from the root, relation: ancestor/self/descendant)."""
+        from runstream.analysis.lineage import LINEAGE_COLUMNS, lineage
+
+        run_id = queries.resolve_runs(self.client, self.database, [run])[0][0]
+        nodes = lineage(self.client, self.database, run_id)
+        return _frame(queries.Table(list(LINEAGE_COLUMNS), [node.row() for node in nodes]), output)
+
+    # -- curation after the fact (runstream.analysis.curation): each change is a run_curation event, sent
+    # through Kafka when `kafka` (or RUNSTREAM_KAFKA) is set, else written to this database directly;
+    # `wait` seconds: wait until the consumer applied it. Each returns what was done, as a dict.
+
+    def tag(self, run: str, tags: Mapping[str, str] | Sequence[str] | None = None, *, remove: Sequence[str] = (),
+            kafka: str | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Set `tags` (a mapping, or keys with empty values) and remove the keys in `remove`."""
+        return curation.curate_via(self.client, self.database, run, "tag", tags=curation.tags_argument(tags),
+                                   remove=list(remove), kafka=kafka, wait=wait)
+
+    def untag(self, run: str, keys: str | Sequence[str], *, kafka: str | None = None,
+              wait: float | None = None) -> dict[str, Any]:
+        """Remove tags by key (a tag the run does not have is refused, nothing sent)."""
+        remove = [keys] if isinstance(keys, str) else list(keys)
+        return curation.curate_via(self.client, self.database, run, "untag", remove=remove, kafka=kafka, wait=wait)
+
+    def note(self, run: str, text: str, *, kafka: str | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Set the run's note ('' clears it)."""
+        return curation.curate_via(self.client, self.database, run, "note", note=text, kafka=kafka, wait=wait)
+
+    def archive(self, run: str, *, kafka: str | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Hide the run from `runs` and `best` (its data stays)."""
+        return curation.curate_via(self.client, self.database, run, "archive", kafka=kafka, wait=wait)
+
+    def unarchive(self, run: str, *, kafka: str | None = None, wait: float | None = None) -> dict[str, Any]:
+        return curation.curate_via(self.client, self.database, run, "unarchive", kafka=kafka, wait=wait)
+
+    def delete(self, run: str, *, kafka: str | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Delete the run's rows from every table (an audit row stays in run_deletions); `rows_deleted`
+        says how many per table once applied."""
+        return curation.curate_via(self.client, self.database, run, "delete", kafka=kafka, wait=wait)
+
+    def curve(self, run: str | None = None, metrics: Sequence[str] | None = None, *, attempts: bool = False,
+              group: str | None = None, project: str | None = None, output: Output = "pandas") -> Any:
+        """`runstream curve`: a run's curve (metric, step, value, source_run_id; a fork's starts with its
+        parent's), every attempt's value of each step (`attempts=True`: metric, step, attempt, value,
+        shown_attempt), or a group's per-step mean/min/max/count (`group=`)."""
+        from runstream.analysis.curves import curve
+
+        return _frame(curve(self.client, self.database, run, metrics=metrics, attempts=attempts, group=group,
+                            project=project), output)
 
     def sql(self, query: str, parameters: dict[str, Any] | None = None, *, output: Output = "pandas") -> Any:
         """Any SQL over the tables and views (see docs/sql.md); values belong in `parameters`."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-# attribute -> (column of the run_overview view, kind)
+# attribute -> (column of run_summary, or an expression over its columns, kind)
 ATTRIBUTES: dict[str, tuple[str, str]] = {
     "run_id": ("run_id", "string"),
     "name": ("run_name", "string"),
@@ -37,6 +37,15 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "started_at": ("started_at", "time"),
     "finished_at": ("finished_at", "time"),
     "gpu_hours": ("gpu_hours", "number"),
+    # run labels (issue 13): '' when not given, read as NULL so a run without the label never matches
+    "group": ("nullIf(run_group, '')", "string"),
+    "job_type": ("nullIf(job_type, '')", "string"),
+    "sweep": ("nullIf(sweep, '')", "string"),
+    # the run lifecycle: the latest attempt (1 unless resumed), the fork's parent and step (NULL unless a fork)
+    "attempt": ("attempt", "number"),
+    "fork_from": ("fork_from", "string"),
+    "fork_step": ("fork_step", "number"),
+    "note": ("nullIf(note, '')", "string"),
 }
 PREFIXES = ("params", "metrics", "best", "tags")
 KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false", "like"}

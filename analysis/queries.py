@@ -10,6 +10,7 @@ only text pasted into a statement is the validated database name and SQL from `f
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import math
 from collections.abc import Iterable
@@ -26,9 +27,12 @@ from runstream.analysis.filters import (
     vocabulary_from_rows,
 )
 from runstream.monitoring.metric_direction import lower_is_better
+from runstream.monitoring.run_status import run_status_sql, status_parameters
 
 MODES = ("min", "max")
 _PROJECT = "({project:String} = '' OR project = {project:String})"
+#: Archived runs (runstream.analysis.curation) are hidden from the run list, the filter and the leaderboard.
+_NOT_ARCHIVED = "NOT archived"
 
 
 @dataclass
@@ -178,17 +182,33 @@ def param_value(text: str | None, number: float | None) -> Any:
 
 
 def runs(client: Any, db: str, *, project: str | None = None, where: str | None = None,
-         sort: str | None = None, limit: int | None = None) -> Table:
-    """One row per run: attributes, every param, final metrics (metrics.X), best metrics (best.X)."""
+         sort: str | None = None, limit: int | None = None, group: str | None = None,
+         sweep: str | None = None, now: dt.datetime | None = None, stall_after_s: float | None = None,
+         include_archived: bool = False) -> Table:
+    """One row per run: attributes, every param, final metrics (metrics.X), best metrics (best.X).
+
+    `group` and `sweep` keep the runs with that label (the shortcuts of `--where "group = 'G'"`). The
+    label columns (group, job_type, sweep) are there when some listed run has the label, as params are.
+
+    `status` (in the rows and in `where`) is the honest one of runstream.monitoring.run_status (running,
+    stalled, lost, ok, failed, killed) as of `now` (default: the current time), `stall_after_s` (default:
+    the `[monitor] stall_after_s` setting).
+
+    Archived runs (`runstream archive`) are left out unless `include_archived`."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive number of runs, got {limit}")
+    status_now = status_parameters(now, stall_after_s)
+    labels = _label_conditions(group=group, sweep=sweep)
 
     def query(translator: Translator, condition: str | None, order: str) -> list[Any]:
-        conditions = [_PROJECT] + ([condition] if condition else [])
-        parameters = {**translator.parameters, "project": project or ""}
+        conditions = ([_PROJECT, *labels] + ([] if include_archived else [_NOT_ARCHIVED])
+                      + ([condition] if condition else []))
+        parameters = {**translator.parameters, **status_now, "project": project or "",
+                      **{name: value for name, value in (("group", group), ("sweep", sweep)) if value is not None}}
         sql = (
-            f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours "  # noqa: S608
-            f"FROM {db}.run_summary FINAL WHERE {' AND '.join(conditions)} "
+            f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours, "  # noqa: S608
+            f"run_group, job_type, sweep "
+            f"FROM ({run_status_sql(db)}) WHERE {' AND '.join(conditions)} "
             f"ORDER BY {f'{order}, ' if order else ''}started_at, run_id" + (f" LIMIT {int(limit)}" if limit else "")
         )
         return _rows(client, sql, parameters)
@@ -225,19 +245,34 @@ def runs(client: Any, db: str, *, project: str | None = None, where: str | None 
         check_project(client, db, project)
     param_keys = sorted({key for row in rows for key in row[5]})
     metric_names = sorted({name for row in rows for name in row[7]})
-    columns = ["run_id", "name", "project", "status", "started_at"]
+    shown_labels = [i for i, _ in enumerate(LABELS) if any(row[10 + i] for row in rows)]
+    columns = ["run_id", "name", "project", "status", "started_at"] + [LABELS[i] for i in shown_labels]
     columns += [f"params.{key}" for key in param_keys]
     columns += [f"metrics.{name}" for name in metric_names] + [f"best.{name}" for name in metric_names]
     columns.append("gpu_hours")
     out = []
-    for run_id, name, proj, status, started, params, numbers, final, best, gpu_hours in rows:
-        row: list[Any] = [run_id, name, proj, status, started]
+    for run_id, name, proj, status, started, params, numbers, final, best, gpu_hours, *label_values in rows:
+        row: list[Any] = [run_id, name, proj, status, started] + [label_values[i] or None for i in shown_labels]
         # a param logged as None is NULL in the summary: None, as a param never logged
         row += [param_value(params.get(key), numbers.get(key)) for key in param_keys]
         row += [final.get(name) for name in metric_names] + [best.get(name) for name in metric_names]
         row.append(gpu_hours if gpu_hours is not None else 0.0)
         out.append(row)
     return Table(columns, out)
+
+
+#: The run labels of `init(group=, job_type=, sweep=)`, as the run list names its columns.
+LABELS = ("group", "job_type", "sweep")
+
+
+def _label_conditions(*, group: str | None, sweep: str | None) -> list[str]:
+    """The run list's `--group`/`--sweep` conditions (bound as {group}/{sweep}); an empty label is refused,
+    since no run is labelled '' (a run without the label has none)."""
+    for field, value in (("group", group), ("sweep", sweep)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{field}: expected a non-empty label, got {value!r}")
+    return ((["run_group = {group:String}"] if group is not None else [])
+            + (["sweep = {sweep:String}"] if sweep is not None else []))
 
 
 def resolve_runs(client: Any, db: str, refs: list[str], project: str | None = None) -> list[tuple[str, str]]:
@@ -278,8 +313,8 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
     ids = [run_id for run_id, _ in resolved]
     rows = {r[0]: r for r in _rows(
         client,
-        f"SELECT run_id, status, params, params_num, final, best, best_step, last_step, gpu_hours "  # noqa: S608
-        f"FROM {db}.run_summary FINAL WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
+        f"SELECT run_id, status, params, params_num, final, best, best_step, last_step, gpu_hours, "  # noqa: S608
+        f"fork_from, fork_step FROM {db}.run_summary FINAL WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
     wanted = metrics or sorted({name for r in rows.values() for name in r[4]})
     for name in metrics or []:
         if not any(name in r[4] for r in rows.values()):
@@ -295,6 +330,9 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
 
     add("run_id", ids, diff=False)
     add("status", [rows[i][1] for i in ids])
+    if any(rows[i][9] is not None for i in ids):  # a fork: where it branched off (runstream lineage shows the tree)
+        add("fork_from", [rows[i][9] for i in ids])
+        add("fork_step", [rows[i][10] for i in ids])
     keys = sorted({key for i in ids for key in rows[i][2]})
     for key in keys:  # a param logged as None (NULL in the summary) and one never logged: both None, not differing
         add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key)) for i in ids])
@@ -308,22 +346,24 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
 
 
 def leaderboard(client: Any, db: str, project: str, metric: str, mode: str | None = None,
-                limit: int | None = None) -> Table:
-    """Runs ranked by their best value of `metric`; equal values rank by the earlier step reaching them."""
+                limit: int | None = None, include_archived: bool = False) -> Table:
+    """Runs ranked by their best value of `metric`; equal values rank by the earlier step reaching them.
+    Archived runs are neither ranked nor counted as left out unless `include_archived`."""
     mode = check_mode(mode, metric)
+    hidden = "" if include_archived else f" AND {_NOT_ARCHIVED}"
     best, step = ("max_value", "max_step") if mode == "max" else ("min_value", "min_step")
     # The `leaderboard` view's ranking, read straight from run_summary: the rank is the row's place in
     # ORDER BY (a window function over every run cost more than the rest of the query), and the count
     # of runs left out rides along as a scalar subquery (one round trip).
     sql = (f"SELECT run_id, run_name, status, {best}[{{metric:String}}] AS value, "  # noqa: S608
            f"{step}[{{metric:String}}] AS at_step, final[{{metric:String}}], last_step[{{metric:String}}], "
-           f"({_LEFT_OUT.format(db=db)}) AS left_out "
+           f"({_LEFT_OUT.format(db=db)}{hidden}) AS left_out "
            f"FROM {db}.run_summary FINAL WHERE project = {{project:String}} AND mapContains({best}, {{metric:String}}) "
-           f"AND isFinite(value) ORDER BY {'-value' if mode == 'max' else 'value'}, at_step, started_at, run_id"
+           f"AND isFinite(value){hidden} ORDER BY {'-value' if mode == 'max' else 'value'}, at_step, started_at, run_id"
            + (f" LIMIT {int(limit)}" if limit else ""))
     found = _rows(client, sql, {"project": project, "metric": metric})
     rows = [[rank, *row[:-1]] for rank, row in enumerate(found, 1)]
-    left_out = int(found[0][-1]) if found else no_finite_value(client, db, project, metric)
+    left_out = int(found[0][-1]) if found else no_finite_value(client, db, project, metric, include_archived)
     if not rows and not left_out:  # say why: a typo in the project or metric reads better than an empty table
         check_project(client, db, project)
         check_metric(vocabulary(client, db, project), metric, project)
@@ -336,10 +376,10 @@ _LEFT_OUT = ("SELECT count() FROM {db}.run_summary FINAL WHERE project = {{proje
              "AND mapContains(final, {{metric:String}}) AND NOT mapContains(min_value, {{metric:String}})")
 
 
-def no_finite_value(client: Any, db: str, project: str, metric: str) -> int:
+def no_finite_value(client: Any, db: str, project: str, metric: str, include_archived: bool = True) -> int:
     """How many runs of `project` logged `metric` but never a finite value of it: the runs every
     ranking leaves out (the summary keeps a finite min and max exactly for the others, in either mode)."""
-    sql = _LEFT_OUT.format(db=db)
+    sql = _LEFT_OUT.format(db=db) + ("" if include_archived else f" AND {_NOT_ARCHIVED}")
     return int(_rows(client, sql, {"project": project, "metric": metric})[0][0])
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runstream.analysis.group_curves import project_groups
 from runstream.analysis.queries import check_mode, check_project, leaderboard, left_out_note, metric_history, runs
 
 CURVE_POINTS = 500
@@ -55,6 +56,8 @@ def collect(client: Any, db: str, project: str, *, metric: str | None = None, mo
         for run_id, _metric, at, value in history.rows:
             per_run.setdefault(run_id, []).append([at, value])
         curves[name] = per_run
+    step("groups")
+    groups = project_groups(client, db, project, points=points)  # mean, min-max band and count per step
     ranking: list[dict[str, Any]] = []
     chosen_mode = None
     left_out = 0
@@ -85,6 +88,9 @@ def collect(client: Any, db: str, project: str, *, metric: str | None = None, mo
         "curves": {m: {run_id: [[s, _finite(v)] for s, v in pts] for run_id, pts in c.items()}
                    for m, c in curves.items()},
         "leaderboard": [{k: _finite(v) for k, v in row.items()} for row in ranking],
+        # per group: runs, and per metric [step, mean, min, max, count] (finite values only; None: none finite)
+        "groups": groups["groups"],
+        "groups_more": groups["more"],
         # runs that logged the metric but never a finite value: not ranked (runstream.monitoring.finite_values)
         "left_out": left_out,
         "left_out_note": left_out_note(chosen, left_out) if chosen is not None else "",
@@ -130,6 +136,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 <div id="errors"></div>
 <h2>Leaderboard</h2><div id="leaderboard"></div>
 <h2>Curves, overlaid per metric</h2><div class="plots" id="curves"></div>
+<h2>Groups: mean per step, min-max band</h2><div id="groups"></div>
 <h2>Parallel coordinates: params against the metric</h2><div id="parallel"></div>
 <h2>GPU-hours and cost per run</h2><div id="gpu"></div>
 <script type="application/json" id="report-data">__DATA__</script>
@@ -254,6 +261,55 @@ window.addEventListener("error", function (e) {
     legend.appendChild(s);
   });
   curvesDiv.parentNode.insertBefore(legend, curvesDiv.nextSibling);
+
+  function bandChart(parent, title, rows) {
+    var W = 460, H = 260, L = 56, R = 12, T = 12, B = 36;
+    var fig = document.createElement("figure");
+    var cap = document.createElement("figcaption"); cap.textContent = title; fig.appendChild(cap);
+    parent.appendChild(fig);
+    var svg = svgRoot(fig, W, H, "group curve of " + title);
+    svg.setAttribute("class", "group-plot");
+    var pts = rows.filter(function (r) { return r[1] !== null; });
+    var ex = extent(pts.map(function (r) { return r[0]; }));
+    var ey = extent(pts.map(function (r) { return r[2]; }).concat(pts.map(function (r) { return r[3]; })));
+    var x = scale(ex, [L, W - R]), y = scale(ey, [H - B, T]);
+    el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999"}, svg);
+    el("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#999"}, svg);
+    for (var i = 0; i <= 4; i++) {
+      var vx = ex[0] + (ex[1] - ex[0]) * i / 4, vy = ey[0] + (ey[1] - ey[0]) * i / 4;
+      text(svg, x(vx), H - B + 14, fmt(Math.round(vx)), "middle");
+      text(svg, L - 4, y(vy) + 4, fmt(vy), "end");
+    }
+    text(svg, (L + W - R) / 2, H - 4, "step", "middle");
+    if (!pts.length) { return; }
+    var upper = pts.map(function (r) { return x(r[0]).toFixed(1) + "," + y(r[3]).toFixed(1); });
+    var lower = pts.slice().reverse().map(function (r) { return x(r[0]).toFixed(1) + "," + y(r[2]).toFixed(1); });
+    el("polygon", {points: upper.concat(lower).join(" "), fill: PALETTE[0], opacity: 0.25, "class": "band"}, svg);
+    el("polyline", {points: pts.map(function (r) { return x(r[0]).toFixed(1) + "," + y(r[1]).toFixed(1); }).join(" "),
+                    fill: "none", stroke: PALETTE[0], "stroke-width": 1.5, "class": "mean"}, svg);
+  }
+  function groups(parent) {
+    if (!data.groups.length) { parent.textContent = "no run of this project has a group (init(group=...))"; return; }
+    var rows = [];
+    data.groups.forEach(function (g) {
+      Object.keys(g.curves).sort().forEach(function (m) {
+        var last = g.curves[m][g.curves[m].length - 1];
+        rows.push([g.group, g.runs, m, last[0], last[1], last[2], last[3], last[4]]);
+      });
+    });
+    table(parent, ["group", "runs", "metric", "last step", "mean", "min", "max", "runs at last step"], rows,
+          [false, true, false, true, true, true, true, true]);
+    var plots = document.createElement("div"); plots.className = "plots"; parent.appendChild(plots);
+    data.groups.forEach(function (g) {
+      Object.keys(g.curves).sort().forEach(function (m) { bandChart(plots, g.group + " \u00b7 " + m, g.curves[m]); });
+    });
+    if (data.groups_more) {
+      var more = document.createElement("p"); more.className = "note";
+      more.textContent = data.groups_more + " more groups not drawn (runstream curve --group G shows any group)";
+      parent.appendChild(more);
+    }
+  }
+  groups(document.getElementById("groups"));
 
   function parallel(parent) {
     if (!data.metric) { parent.textContent = "no metric logged"; return; }

@@ -25,6 +25,7 @@ from runstream.consumer.column_checks import TableChecks, Violation, build_check
 from runstream.consumer.lifecycle_tables import LIFECYCLE_EVENT_TABLES
 from runstream.consumer.migrations import FACT_TABLES
 from runstream.consumer.monitoring_tables import DRIFT_TABLES
+from runstream.consumer.run_projects import SINK_FILLED_COLUMNS
 from runstream.schemas import DecodeError, Decoder
 from runstream.schemas.codec import COLUMNAR_MIN_BYTES, HEADER_SIZE
 from runstream.schemas.columnar import Column, ManyDecoded
@@ -33,8 +34,10 @@ MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is
 
 #: The tables events are written to and their columns in insert order, read from the table specs
 #: (consumer/migrations.py, consumer/monitoring_tables.py): adding a column is one edit of its spec.
+#: The columns the sink fills (the raw rows' project: consumer/run_projects.py) are not the batch's.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    table.name: table.column_names for table in (*FACT_TABLES, *DRIFT_TABLES, *LIFECYCLE_EVENT_TABLES)
+    table.name: tuple(name for name in table.column_names if name not in SINK_FILLED_COLUMNS.get(table.name, ()))
+    for table in (*FACT_TABLES, *DRIFT_TABLES, *LIFECYCLE_EVENT_TABLES)
 }
 
 
@@ -74,7 +77,14 @@ def _param_columns(value: Any) -> tuple[str, float | None, str]:
 class Batch:
     """Columns awaiting one insert per table; `points` counts metric points for throughput figures."""
 
-    def __init__(self) -> None:
+    def __init__(self, fork_check: Callable[[Batch, dict[str, Any]], None] | None = None,
+                 resume_check: Callable[[Batch, dict[str, Any]], None] | None = None) -> None:
+        #: Called for each run_started before it joins the batch: refuses a resume of an unknown run and
+        #: fills in what a later attempt's start left out (runstream.consumer.resumed_runs).
+        self.resume_check = resume_check
+        #: Called for each run_started naming a fork, before it joins the batch; raises InvalidEvent
+        #: when the parent is unknown or never logged the fork step (runstream.consumer.fork_checks).
+        self.fork_check = fork_check
         self.columns: dict[str, dict[str, list[Any]]] = {
             table: {name: [] for name in names} for table, names in TABLE_COLUMNS.items()
         }
@@ -360,6 +370,10 @@ class Batch:
             raise
 
     def _add_run_started(self, r: dict[str, Any], _now: int) -> None:
+        if self.resume_check is not None:  # first: a fork's resume inherits its fork_from/fork_step
+            self.resume_check(self, r)
+        if self.fork_check is not None and (r.get("fork_from") is not None or r.get("fork_step") is not None):
+            self.fork_check(self, r)
         git = r["git"]
         hw = r["hardware"]
         cols = self.columns["runs"]

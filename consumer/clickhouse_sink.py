@@ -27,9 +27,14 @@ import pyarrow as pa
 from runstream.consumer.batch import TABLE_COLUMNS, Batch
 from runstream.consumer.column_checks import partition_columns
 from runstream.consumer.dsn import connect
+from runstream.consumer.fork_checks import ForkChecks
 from runstream.consumer.migrations import migrate
+from runstream.consumer.resumed_runs import ResumedRuns
 from runstream.consumer.retry import is_retryable
+from runstream.consumer.run_deletion import apply_deletions
+from runstream.consumer.run_projects import PROJECT_COLUMN, RAW_TABLES, RunProjects
 from runstream.consumer.run_summary import SOURCE_TABLES, refresh
+from runstream.consumer.superseded import SupersededCopier
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +137,14 @@ class ClickHouseSink:
         self.client = client
         self.database = database
         migrate(client, database)
+        #: Checks each forked run_started against the store before it joins a batch (`Batch(fork_check=...)`).
+        self.fork_checks = ForkChecks(client, database)
+        #: Checks and completes each resumed run_started before it joins a batch (`Batch(resume_check=...)`).
+        self.resume_checks = ResumedRuns(client, database)
+        #: Copies the points a later attempt supersedes aside before they are inserted (consumer/superseded.py).
+        self.superseded = SupersededCopier(client, database)
+        #: run_id -> project for the raw rows' `project` column (per-project retention: consumer/retention.py).
+        self.run_projects = RunProjects(client, database)
         self.rows_written: dict[str, int] = dict.fromkeys(TABLE_COLUMNS, 0)
         self.max_partitions_per_insert = (
             self._server_partition_limit() if max_partitions_per_insert is None else max_partitions_per_insert
@@ -165,14 +178,25 @@ class ClickHouseSink:
                 continue
             rows = batch.rows(table)
             if rows:
+                # the raw rows carry their run's project (the batch's own run starts were inserted first)
+                started = dict(zip(batch.columns["runs"]["run_id"], batch.columns["runs"]["project"], strict=True))
                 if table == "metric_points":
                     data = batch.metric_points_table()
-                    self._insert_arrow(table, data)
+                    self.superseded.before_insert(data)  # every attempt stays queryable
+                    self._insert_arrow(table, self.run_projects.with_project(data, started))
                     touched.update(_run_ids_of(data))
                 elif (bulk := batch.arrow_table(table)) is not None:  # rows decoded in bulk, as Arrow
+                    if table in RAW_TABLES:
+                        bulk = self.run_projects.with_project(bulk, started)
                     self._insert_arrow(table, bulk)
                     if table in SOURCE_TABLES:
                         touched.update(_run_ids_of(bulk))
+                elif table in RAW_TABLES:
+                    columns = batch.columns[table]
+                    self._insert_columns(table, (*names, PROJECT_COLUMN), {
+                        **columns, PROJECT_COLUMN: self.run_projects.column(columns["run_id"], started)})
+                    if table in SOURCE_TABLES:
+                        touched.update(columns["run_id"])
                 else:
                     self._insert_columns(table, names, batch.columns[table])
                     if table in SOURCE_TABLES:
@@ -180,6 +204,8 @@ class ClickHouseSink:
                 self.rows_written[table] += rows
             done.append(table)
             self.completed = tuple(done)
+        # `runstream delete` (and rows that arrive for a run deleted before): after the inserts, so a batch's own go too
+        touched.update(apply_deletions(self.client, self.database, batch.columns["run_curation"], touched))
         if touched:
             if self._fault_before_summary:
                 _wait_to_be_killed(self._fault_before_summary)

@@ -47,7 +47,8 @@ def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 
     report.recovered, report.cut_bytes, report.cut_records = recovery.recovered, recovery.cut_bytes, \
         recovery.cut_records
     report.live, report.unreadable = recovery.live, recovery.unreadable
-    batch = Batch()
+    batch = Batch(fork_check=getattr(sink, "fork_checks", None),
+                  resume_check=getattr(sink, "resume_checks", None))
     files = spool_files(folder)
     sizes = [_size(path) for path in files]
     with bar("ingest", sum(sizes), byte_units=True, show=progress) as loaded:
@@ -61,7 +62,8 @@ def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 
                     log.error("rejected an event in %s: %s", path, error)
                 if batch.points >= batch_max_points:
                     _write(sink, batch, report)
-                    batch = Batch()
+                    batch = Batch(fork_check=getattr(sink, "fork_checks", None),
+                                  resume_check=getattr(sink, "resume_checks", None))
             loaded.set_postfix_str(f"{report.files}/{len(files)} files", refresh=False)
             loaded.update(size)
         _write(sink, batch, report)

@@ -46,6 +46,8 @@ from typing import Any
 from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBOARD, RUN_OVERVIEW
 from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
+from runstream.consumer.retention import RETENTION_RULES
+from runstream.consumer.run_projects import PROJECT_COLUMN_SPEC
 from runstream.consumer.run_summary import (
     BACKFILL_SQL,
     LIFECYCLE_BACKFILL_SQL,
@@ -127,7 +129,9 @@ RUNS = Table(
 #: Columns migration 8 adds to existing tables, by table (`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`).
 LIFECYCLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "runs": ("attempt", "run_group", "job_type", "sweep", "fork_from", "fork_step"),
-    "metric_points": ("attempt",),
+    "metric_points": ("attempt", "project"),
+    "gpu_samples": ("project",),  # the run's project, for per-project retention (consumer/retention.py)
+    "host_samples": ("project",),
     "run_finishes": ("attempt",),
     "run_summary": RUN_SUMMARY_LIFECYCLE_COLUMNS,
 }
@@ -171,6 +175,7 @@ METRIC_POINTS = Table(
         f"value Float64 {VALUE_CODEC}",
         f"time DateTime64(6, 'UTC') {TIME_CODEC}",
         "attempt UInt32 DEFAULT 1 CODEC(ZSTD(1))",  # migration 8: which attempt of the run logged the point
+        PROJECT_COLUMN_SPEC,  # migration 8: the run's project, filled by the sink (per-project retention)
     ),
     "ReplacingMergeTree",
     "(run_id, metric, step)",
@@ -197,6 +202,7 @@ GPU_SAMPLES = Table(
         f"power_limit_w Nullable(Float32) {FLOAT_READING_CODEC}",
         f"throttle_reasons Nullable(UInt64) {READING_CODEC}",
         f"process_memory_bytes Nullable(UInt64) {COUNTER_CODEC}",
+        PROJECT_COLUMN_SPEC,  # migration 8
     ),
     "ReplacingMergeTree",
     "(run_id, host, gpu_index, time)",
@@ -215,6 +221,7 @@ HOST_SAMPLES = Table(
         f"host_memory_used_bytes Nullable(UInt64) {COUNTER_CODEC}",
         f"host_memory_total_bytes Nullable(UInt64) {READING_CODEC}",
         f"process_rss_bytes Nullable(UInt64) {COUNTER_CODEC}",
+        PROJECT_COLUMN_SPEC,  # migration 8
     ),
     "ReplacingMergeTree",
     "(run_id, host, time)",
@@ -576,7 +583,7 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS + (
 RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
 TABLES: tuple[Table, ...] = (FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
-                             + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES)
+                             + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES + (RETENTION_RULES,))
 VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS
 
 
@@ -720,6 +727,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "run lifecycle: attempts, superseded points, heartbeats, curation; attempt, group, sweep and fork columns",
         tuple(_add_column_sql(table, column) for table, columns in LIFECYCLE_COLUMNS.items() for column in columns)
         + tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in LIFECYCLE_TABLES)
+        + (create_table_sql(RETENTION_RULES, f"{_DB}.{RETENTION_RULES.name}"),)
         + (LIFECYCLE_BACKFILL_SQL,),
     ),
 )
@@ -842,12 +850,15 @@ def set_sample_ttl(client: Any, database: str, days: int) -> None:
     """Keep raw GPU/host samples `days` days (0: forever). Whole monthly parts go once all their rows expired."""
     if days < 0:
         raise ValueError(f"sample_ttl_days: expected days >= 0 (0 keeps samples forever), got {days!r}")
+    from runstream.consumer.retention import raw_ttl_clause, retention_rules
+
+    rules = retention_rules(client, database)  # per-project rules (`runstream retention`) stay next to this one
     for table in TABLES:
         if not table.expires:
             continue
         name = f"{database}.{table.name}"
-        if days:
-            client.command(f"ALTER TABLE {name} MODIFY {ttl_clause(days)}")
+        if clause := raw_ttl_clause(table.name, rules, days):
+            client.command(f"ALTER TABLE {name} MODIFY {clause}")
         elif has_ttl(client, database, table.name):
             client.command(f"ALTER TABLE {name} REMOVE TTL")
         log.info("raw samples in %s: %s", name, f"kept {days} days" if days else "kept forever")

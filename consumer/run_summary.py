@@ -156,6 +156,73 @@ _PAIRS = f"""
     GROUP BY run_id, metric
 """  # noqa: S608 - the module's own text
 
+#: Migration 8's pairs: as _PAIRS, except that a pair _PAIRS recomputes from FINAL whose raw points
+#: expired (per-project retention, `runstream.consumer.retention`: FINAL holds fewer distinct steps than
+#: the rollup saw) keeps what the run's stored summary has for it (else the rollup's values): a later
+#: refresh of an old run (a tag, a note) never replaces its summary by a summary of what is left.
+_LIFECYCLE_PAIRS = f"""
+    SELECT run_id, metric, p_final AS final_value, p_last_step AS last_step, p_min AS min_value, p_max AS max_value,
+           p_step_of_min AS step_of_min, p_step_of_max AS step_of_max, p_points AS points
+    FROM (
+        SELECT
+            r.run_id AS run_id,
+            r.metric AS metric,
+            multiIf(NOT r.from_final, 0, x.x_points >= r.points, 1, s.stored = 1, 2, 0) AS source,
+            -- source 2 merges the stored summary with the points still stored (steps logged since it was
+            -- written): the later last step's value, the lower min / higher max (ties: the earlier step),
+            -- and the rollup's distinct steps and last step (exact whatever expired)
+            x.x_points > 0 AND x.x_last_step >= assumeNotNull(s.s_last_step) AS x_has_last,
+            multiIf(source = 1 OR (source = 2 AND x_has_last), x.x_final,
+                    source = 2, assumeNotNull(s.s_final), r.final_value) AS p_final,
+            multiIf(source = 1, x.x_last_step, r.last_step) AS p_last_step,
+            multiIf(x.x_min IS NULL, 0, s.s_min IS NULL, 1, x.x_min < s.s_min, 1, x.x_min > s.s_min, 0, 2) AS min_side,
+            multiIf(x.x_max IS NULL, 0, s.s_max IS NULL, 1, x.x_max > s.s_max, 1, x.x_max < s.s_max, 0, 2) AS max_side,
+            multiIf(source = 1, x.x_min, source = 2, if(min_side = 0, s.s_min, x.x_min), r.min_value) AS p_min,
+            multiIf(source = 1, x.x_max, source = 2, if(max_side = 0, s.s_max, x.x_max), r.max_value) AS p_max,
+            multiIf(source = 1, x.x_step_of_min,
+                    source = 2, multiIf(min_side = 0, s.s_step_of_min, min_side = 1, x.x_step_of_min,
+                                        least(x.x_step_of_min, s.s_step_of_min)),
+                    r.step_of_min) AS p_step_of_min,
+            multiIf(source = 1, x.x_step_of_max,
+                    source = 2, multiIf(max_side = 0, s.s_step_of_max, max_side = 1, x.x_step_of_max,
+                                        least(x.x_step_of_max, s.s_step_of_max)),
+                    r.step_of_max) AS p_step_of_max,
+            multiIf(source = 1, x.x_points, r.points) AS p_points
+        FROM ({_ROLLUP_PAIRS}) AS r
+        LEFT JOIN (
+            SELECT
+                run_id,
+                metric,
+                argMax(value, step) AS x_final,
+                max(step) AS x_last_step,
+                {finite_min_sql()} AS x_min,
+                {finite_max_sql()} AS x_max,
+                if(x_min IS NULL, NULL, {step_of_min_sql()}) AS x_step_of_min,
+                if(x_max IS NULL, NULL, {step_of_max_sql()}) AS x_step_of_max,
+                count() AS x_points
+            FROM {{db}}.metric_points FINAL
+            WHERE {{runs_in}} AND (run_id, metric) IN (SELECT run_id, metric FROM ({_ROLLUP_PAIRS}) WHERE from_final)
+            GROUP BY run_id, metric
+        ) AS x ON x.run_id = r.run_id AND x.metric = r.metric
+        LEFT JOIN (
+            SELECT
+                run_id,
+                metric,
+                toUInt8(1) AS stored,
+                final[metric] AS s_final,
+                last_step[metric] AS s_last_step,
+                min_value[metric] AS s_min,
+                max_value[metric] AS s_max,
+                min_step[metric] AS s_step_of_min,
+                max_step[metric] AS s_step_of_max,
+                points[metric] AS s_points
+            FROM {{db}}.run_summary FINAL
+            ARRAY JOIN mapKeys(final) AS metric
+            WHERE {{runs_in}} AND project IN (SELECT project FROM {{db}}.runs WHERE {{runs_in}})
+        ) AS s ON s.run_id = r.run_id AND s.metric = r.metric
+    )
+"""  # noqa: S608 - the module's own text
+
 
 # GPU-hours by the one definition (runstream.monitoring.gpu_hours) from the `gpu_held_slots` rollup: per
 # GPU the held milliseconds of its slots (whole ms, so each GPU's seconds equal the raw samples' to the
@@ -202,13 +269,18 @@ LEFT JOIN (
     SELECT run_id, tags, note, archived, toUInt8(1) AS curated FROM {db}.run_curation FINAL WHERE {runs_in}
 ) AS c ON c.run_id = r.run_id"""
 
+# A resumed run is finished only when the latest attempt's start (runs FINAL: r) has a finish of that attempt or
+# a later one: attempt 1 finished (killed by a preemption) and attempt 2 started after it reads `running`.
+_LATEST_ATTEMPT_FINISHED = "f.finished = 1 AND f.attempt >= r.attempt"
+_FINISHES_SELECT = "SELECT run_id, finished_at, status, toUInt8(1) AS finished FROM"
+
 #: INSERT the recomputed summary of the runs matching {runs_in} (a condition on run_id) into {db}.
 _REFRESH_TEMPLATE = f"""
 INSERT INTO {{db}}.run_summary ({{columns}})
 SELECT
     r.project, r.run_id, r.run_name, r.user, r.host, r.started_at,
-    if(f.finished = 1, f.finished_at, NULL),
-    if(f.finished = 1, toString(f.status), 'running'),
+    if({{finished}}, f.finished_at, NULL),
+    if({{finished}}, toString(f.status), 'running'),
     r.git_commit, {{tags}},
     CAST(p.params, 'Map(String, Nullable(String))'),
     CAST(p.params_num, 'Map(String, Nullable(Float64))'),
@@ -252,7 +324,7 @@ LEFT JOIN (
     FROM (
         SELECT *, if({LOWER_IS_BETTER_SQL}, min_value, max_value) AS best_value,
                if({LOWER_IS_BETTER_SQL}, step_of_min, step_of_max) AS best_step_value
-        FROM ({_PAIRS})
+        FROM ({{pairs}})
     )
     GROUP BY run_id
 ) AS m ON m.run_id = r.run_id
@@ -263,11 +335,14 @@ LEFT JOIN ({_GPU_HOURS}) AS g ON g.run_id = r.run_id{{curation_join}}
 def _refresh_template(*, lifecycle: bool) -> str:
     """The refresh as migration 7 released it (lifecycle=False: the tables it may meet have no lifecycle
     columns yet), or with migration 8's columns; both are one text, so a fix reaches both."""
-    parts = {"{columns}": ", ".join(V7_COLUMNS), "{tags}": "r.tags", "{lifecycle_select}": "", "{curation_join}": ""}
+    parts = {"{columns}": ", ".join(V7_COLUMNS), "{tags}": "r.tags", "{lifecycle_select}": "", "{curation_join}": "",
+             "{finished}": "f.finished = 1", "{pairs}": _PAIRS}
+    sql = _REFRESH_TEMPLATE
     if lifecycle:
         parts = {"{columns}": ", ".join(RUN_SUMMARY.column_names), "{tags}": "if(c.curated = 1, c.tags, r.tags)",
-                 "{lifecycle_select}": _LIFECYCLE_SELECT, "{curation_join}": _CURATION_JOIN}
-    sql = _REFRESH_TEMPLATE
+                 "{lifecycle_select}": _LIFECYCLE_SELECT, "{curation_join}": _CURATION_JOIN,
+                 "{finished}": _LATEST_ATTEMPT_FINISHED, "{pairs}": _LIFECYCLE_PAIRS}
+        sql = sql.replace(_FINISHES_SELECT, _FINISHES_SELECT.replace("status,", "status, attempt,"))
     for placeholder, text in parts.items():  # not str.format: the SQL keeps {db} and {runs_in} for later
         sql = sql.replace(placeholder, text)
     return sql

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runstream.consumer.run_projects import RAW_TABLES
 from runstream.consumer.table_spec import BY_RUN, EVERY_NODE, MaterializedView, Table, View
 
 COMMAND = "python -m runstream.consumer.schema_docs --write"
@@ -110,7 +111,8 @@ def tables_block(schema: Schema) -> str:
     ]
     for table in schema.tables:
         engine = "; ".join([_engine(table), *(_code(setting) for setting in table.settings)])
-        ttl = "`migrate --sample-ttl-days`" if table.expires else "—"
+        ttl = ", ".join([*(["`migrate --sample-ttl-days`"] if table.expires else []),
+                         *(["`retention set` (per project)"] if table.name in RAW_TABLES else [])]) or "—"
         partition = _code(table.partition_by) if table.partition_by else "—"
         lines.append(f"| {_code(table.name)} | {engine} | {_code(table.order_by)} | {partition} | "
                      f"{_fed_by(table, schema)} | {ttl} | {_sharding(table)} |")

@@ -151,6 +151,12 @@ class ConsumerService:
         self.writing_blocked = False
         self._fault_after_insert = os.environ.get(FAULT_AFTER_INSERT_ENV) or None
 
+    def _new_batch(self) -> Batch:
+        """A batch that checks forked starts against the store, when the sink offers the check
+        (runstream.consumer.fork_checks)."""
+        return Batch(fork_check=getattr(self.sink, "fork_checks", None),
+                     resume_check=getattr(self.sink, "resume_checks", None))
+
     # -- health --------------------------------------------------------------------------
 
     def alive(self, stall_s: float = 120.0) -> bool:
@@ -176,7 +182,7 @@ class ConsumerService:
         write itself is what was being retried: then nothing is committed and Kafka redelivers it.
         """
         self._stop = stop = stop or threading.Event()
-        batch = Batch()
+        batch = self._new_batch()
         held: list[Any] = []
         opened = time.monotonic()
         last_message = time.monotonic()
@@ -200,10 +206,10 @@ class ConsumerService:
                     held.extend(chunk)
                     if batch.points >= s.batch_max_points or len(held) >= s.batch_max_messages:
                         self._write_and_commit(batch, held)
-                        batch, held = Batch(), []
+                        batch, held = self._new_batch(), []
                 if held and time.monotonic() - opened >= s.batch_max_wait_s:
                     self._write_and_commit(batch, held)
-                    batch, held = Batch(), []
+                    batch, held = self._new_batch(), []
                 if stop_when is not None and not held and stop_when(self.stats):
                     break
                 if idle_exit_s is not None and not held and now - last_message >= idle_exit_s:
@@ -281,7 +287,7 @@ class ConsumerService:
 
     def _rebatch(self, whole: Batch, messages: list[Any]) -> Batch:
         """The events of `messages` decoded again into a batch of their own (minus those rejected)."""
-        part = Batch()
+        part = self._new_batch()
         for message in messages:
             if _message_key(message) in whole.rejected:
                 continue

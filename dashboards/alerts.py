@@ -19,6 +19,8 @@ BUDGET_RATIO = 1.0
 IDLE_COST_USD_PER_HOUR = 5.0
 CONSUMER_LAG = 10_000
 MONITOR_STALE_S = 900
+RUN_STALLED_S = 900  # a run whose step has not advanced for 15 min while its heartbeats arrive
+LOST_RUN_GPUS_FOR = "5m"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,25 @@ ALERTS: tuple[AlertRule, ...] = (
         "Messages go to the dead-letter topic ({{ $labels.reason }})",
         "The consumer rejects messages (undecodable or invalid); read the dead-letter topic's headers for why.",
         "any dead letter in the last 10m, for 5m",
+    ),
+    AlertRule(
+        "RunstreamRunStalled",
+        f"runstream_stalled_run_seconds >= {RUN_STALLED_S}",
+        "2m", "warning",
+        "Run {{ $labels.run_name }} ({{ $labels.project }}) has not advanced a step for "
+        "{{ $value | humanizeDuration }}",
+        "Its heartbeats still arrive but its step stopped advancing: a hung collective, a dead data loader, "
+        "a deadlock. Its GPUs are paid for and unused (`runstream runs` lists it as stalled).",
+        f"step not advanced for {RUN_STALLED_S} s (heartbeats arriving), for 2m",
+    ),
+    AlertRule(
+        "RunstreamLostRunsHoldingGPUs",
+        "sum by (project) (runstream_lost_run_gpus) > 0",
+        LOST_RUN_GPUS_FOR, "warning",
+        "Project {{ $labels.project }}: lost runs held {{ $value }} GPUs",
+        "Runs stopped sending heartbeats without finishing (killed -9, OOM, a node gone); their GPUs may "
+        "still be allocated. Free them, then archive the runs (`runstream archive RUN`) to clear this.",
+        f"GPUs of runs lost in the lost window > 0, for {LOST_RUN_GPUS_FOR}",
     ),
     AlertRule(
         "RunstreamMonitorStale",

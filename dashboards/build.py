@@ -21,9 +21,11 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError("building dashboards needs grafanalib: pip install 'runstream[dashboards]'") from error
 
+from runstream.analysis.group_curves import group_curve_sql
 from runstream.monitoring import cost, drift
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
 from runstream.monitoring.metric_direction import lower_is_better_sql
+from runstream.monitoring.run_status import DEFAULT_STALL_AFTER_S, run_status_sql
 
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 PROMETHEUS = {"type": "prometheus", "uid": "${prometheus}"}
@@ -76,20 +78,38 @@ def _in(column: str, variable: str) -> str:
 _RUNS_FILTER = f"SELECT run_id, run_name, project FROM {DB}.runs FINAL WHERE {_in('project', 'project')} " \
                f"AND {_in('run_id', 'run')}"
 _STATUS = f"(SELECT run_id, status FROM {DB}.run_finishes FINAL)"
+# The selected runs that are forks: their parent and the step they branch off at.
+_FORKS = f"SELECT run_name, assumeNotNull(fork_from) AS parent, assumeNotNull(fork_step) AS at_step " \
+         f"FROM {DB}.runs FINAL WHERE {_in('project', 'project')} AND {_in('run_id', 'run')} AND fork_from IS NOT NULL"
 
 RUNS_VARIABLES = (
     Variable("project", f"SELECT DISTINCT project FROM {DB}.runs ORDER BY project"),
     Variable("run", f"SELECT run_name AS __text, run_id AS __value FROM {DB}.runs FINAL "
                     f"WHERE {_in('project', 'project')} ORDER BY started_at DESC LIMIT 200"),
     Variable("metric", f"SELECT DISTINCT metric FROM {DB}.metric_points WHERE {_in('run_id', 'run')} ORDER BY metric"),
+    # the group-aggregate panel's group (init(group=...)) and metric: one of each
+    Variable("group", f"SELECT DISTINCT run_group FROM {DB}.runs FINAL WHERE {_in('project', 'project')} "
+                      "AND run_group != '' ORDER BY run_group", multi=False),
+    Variable("group_metric", f"SELECT DISTINCT metric FROM {DB}.metric_points WHERE run_id IN (SELECT run_id FROM "
+                             f"{DB}.runs FINAL WHERE {_in('run_group', 'group')}) ORDER BY metric", multi=False),
 )
 
 RUNS = (
+    # With a marker series per selected fork: the parent's point at the fork step, where the fork's
+    # curve branches off (runstream.analysis.lineage; `runstream lineage RUN` prints the tree).
     Query("Metric curves, overlaid", f"""
+SELECT time, series, value FROM (
 SELECT p.time AS time, concat(r.run_name, ' ', p.metric) AS series, p.value AS value
 FROM {DB}.metric_points AS p FINAL
 INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
 WHERE $__timeFilter(p.time) AND {_in('p.metric', 'metric')}
+UNION ALL
+SELECT p.time AS time, concat(k.run_name, ' forks off at step ', toString(p.step), ' (', p.metric, ')') AS series,
+       p.value AS value
+FROM {DB}.metric_points AS p FINAL
+INNER JOIN ({_FORKS}) AS k ON p.run_id = k.parent AND p.step = k.at_step
+WHERE $__timeFilter(p.time) AND {_in('p.metric', 'metric')}
+)
 ORDER BY time""", ("time", "series", "value"), width=24),
     # Ranked by the best finite value (min for loss-like names, else max); final as logged, NaN/±Inf
     # included; runs without a finite value are left out (runstream.monitoring.finite_values).
@@ -112,14 +132,21 @@ SELECT r.run_name AS run, p.key AS param, p.value_string AS value
 FROM {DB}.run_params AS p FINAL
 INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
 ORDER BY param, run""", ("run", "param", "value"), "table"),
+    # The honest status (runstream.monitoring.run_status: running, stalled, lost, ok, failed, killed) as of
+    # the query, stalled after the default 15 min (the server-side setting is not Grafana's).
     Query("Run status over time", f"""
-SELECT $__timeInterval(r.started_at) AS time, ifNull(f.status, 'running') AS status, count() AS runs
-FROM {DB}.runs AS r FINAL
-LEFT JOIN {_STATUS} AS f ON r.run_id = f.run_id
-WHERE $__timeFilter(r.started_at) AND {_in('r.project', 'project')}
+SELECT $__timeInterval(started_at) AS time, status, count() AS runs
+FROM ({run_status_sql(DB, 'toUnixTimestamp64Micro(now64(6))', str(DEFAULT_STALL_AFTER_S))})
+WHERE $__timeFilter(started_at) AND {_in('project', 'project')}
 GROUP BY time, status
-ORDER BY time
-SETTINGS join_use_nulls = 1""", ("time", "status", "runs"), "barchart"),
+ORDER BY time""", ("time", "status", "runs"), "barchart"),
+    # The same SQL as `runstream curve --group` (runstream.analysis.group_curves): finite values only
+    # (its count per step: `runstream curve --group G`). A trend panel: the x axis is the step, not time.
+    Query("Group aggregate: mean per step, min-max band", f"""
+SELECT step, mean, min, max
+FROM ({group_curve_sql(DB, group_condition=_in('run_group', 'group'), project_condition=_in('project', 'project'),
+                       metric_condition=_in('metric', 'group_metric'))})
+ORDER BY step""", ("step", "mean", "min", "max"), "trend", width=24),
 )
 
 
@@ -234,7 +261,8 @@ DASHBOARDS: dict[str, tuple[str, tuple[Variable, ...], tuple[Query, ...]]] = {
 def _panel(query: Query, x: int, y: int) -> Any:
     from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
 
-    target = ClickHouseTarget(query.sql.strip(), format=TABLE if query.panel in ("table", "barchart") else TIME_SERIES)
+    tabular = query.panel in ("table", "barchart", "trend")  # a trend panel's x is a number, not time
+    target = ClickHouseTarget(query.sql.strip(), format=TABLE if tabular else TIME_SERIES)
     grid = core.GridPos(h=8, w=query.width, x=x, y=y)
     common: dict[str, Any] = {"title": query.title, "dataSource": CLICKHOUSE, "targets": [target], "gridPos": grid}
     if query.panel == "table":
@@ -243,7 +271,32 @@ def _panel(query: Query, x: int, y: int) -> Any:
         return core.Heatmap(**common)
     if query.panel == "barchart":
         return core.BarChart(**common) if hasattr(core, "BarChart") else core.TimeSeries(**common, drawStyle="bars")
+    if query.panel == "trend":
+        return _trend(common, query.columns, query.unit)
     return core.TimeSeries(**common, unit=query.unit or "short")
+
+
+def _trend(common: dict[str, Any], columns: tuple[str, ...], unit: str) -> Any:
+    """A Grafana trend panel (x: the first column, a number such as the step) of (x, mean, min, max):
+    the mean as a line, min and max as the edges of a filled band."""
+    from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
+
+    def field(name: str, *properties: tuple[str, Any]) -> dict[str, Any]:
+        return {"matcher": {"id": "byName", "options": name},
+                "properties": [{"id": key, "value": value} for key, value in properties]}
+
+    x, mean, low, high = columns
+    overrides = [field(high, ("custom.fillBelowTo", low), ("custom.fillOpacity", 20), ("custom.lineWidth", 0)),
+                 field(low, ("custom.lineWidth", 0)), field(mean, ("custom.lineWidth", 2))]
+
+    class Trend(core.TimeSeries):  # type: ignore[misc]  # grafanalib has no trend panel; its attrs fields inherited
+        def to_json_data(self) -> dict[str, Any]:
+            data: dict[str, Any] = super().to_json_data()
+            data["type"] = "trend"
+            data["options"]["xField"] = x
+            return data
+
+    return Trend(**common, unit=unit or "short", overrides=overrides)
 
 
 def _template(variable: Variable) -> Any:

@@ -35,10 +35,11 @@ def _connect(args: argparse.Namespace) -> tuple[Any, str]:
 
 def add_parsers(commands: Any) -> None:
     monitor = commands.add_parser(
-        "monitor", help="export drift, performance, GPU cost and budget gauges to Prometheus",
+        "monitor", help="export drift, performance, GPU cost, budget and run status gauges to Prometheus",
         description="Every --interval seconds, compute drift scores (PSI, KS) and live performance over the "
-        "trailing --drift-window, GPU cost burn rates, budget usage and idle-GPU cost in ClickHouse, and serve "
-        "them on /metrics (plus /healthz, /readyz). deploy/prometheus/runstream-alerts.yml alerts on them.")
+        "trailing --drift-window, GPU cost burn rates, budget usage, idle-GPU cost and run status (runs by status, "
+        "stalled runs, GPUs of lost runs) in ClickHouse, and serve them on /metrics (plus /healthz, /readyz). "
+        "deploy/prometheus/runstream-alerts.yml alerts on them.")
     _clickhouse(monitor)
     monitor.add_argument("--listen", default=None, metavar="HOST:PORT",
                          help="where to serve (default :9109) [env RUNSTREAM_MONITOR_LISTEN; [monitor] listen]")

@@ -34,6 +34,7 @@ from typing import Any
 
 from runstream.monitoring.drift import Literal, TimeRange
 from runstream.monitoring.gpu_hours import SAMPLE_WINDOW_SQL, sample_held_seconds_sql
+from runstream.monitoring.run_status import run_status_sql, status_parameters
 
 DEFAULT_IDLE_UTILIZATION_PCT = 10.0
 
@@ -163,8 +164,8 @@ def _idle_threshold(db: str) -> str:
             f"FROM {db}.current_gpu_prices)")
 
 
-def _rows(client: Any, sql: str) -> list[dict[str, Any]]:
-    result = client.query(sql)
+def _rows(client: Any, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    result = client.query(sql, parameters=parameters or {})
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
@@ -172,18 +173,27 @@ def _us(when: dt.datetime) -> int:
     return int(when.timestamp() * 1_000_000)
 
 
-def cost_by(client: Any, db: str, key: str, *, start: dt.datetime, end: dt.datetime) -> list[dict[str, Any]]:
+def cost_by(client: Any, db: str, key: str, *, start: dt.datetime, end: dt.datetime,
+            stall_after_s: float | None = None) -> list[dict[str, Any]]:
     """Cost per `key` ('run_id', 'project', 'user' or 'day'): gpu_hours, idle_gpu_hours, energy_kwh,
-    cost_usd, idle_cost_usd, unpriced_gpu_hours."""
+    cost_usd, idle_cost_usd, unpriced_gpu_hours, and the part of gpu_hours spent by runs that are, at
+    `end`, stalled or lost (runstream.monitoring.run_status: their GPUs were paid for while the run made
+    no progress, or until it died unseen): stalled_gpu_hours, lost_gpu_hours. By run_id, each run's
+    status too."""
     if key not in ("run_id", "project", "user", "day"):
         raise ValueError(f"cost by {key!r}: expected run_id, project, user or day")
     inner = cost_sql(db, Literal(_us(start), _us(end)), bucket="toDate(time)")
     group = "bucket" if key == "day" else key
+    status = ", any(ifNull(st.status, '')) AS status" if key == "run_id" else ""
     return _rows(client, f"""
-SELECT {group} AS {key}, sum(gpu_seconds) / 3600 AS gpu_hours, sum(idle_seconds) / 3600 AS idle_gpu_hours,
+SELECT c.{group} AS {key}, sum(gpu_seconds) / 3600 AS gpu_hours, sum(idle_seconds) / 3600 AS idle_gpu_hours,
        sum(energy_kwh) AS energy_kwh, sum(cost_usd) AS cost_usd, sum(idle_cost_usd) AS idle_cost_usd,
-       sumIf(gpu_seconds, usd_per_gpu_hour IS NULL) / 3600 AS unpriced_gpu_hours
-FROM ({inner}) GROUP BY {key} ORDER BY {key}""")
+       sumIf(gpu_seconds, usd_per_gpu_hour IS NULL) / 3600 AS unpriced_gpu_hours,
+       sumIf(gpu_seconds, st.status = 'stalled') / 3600 AS stalled_gpu_hours,
+       sumIf(gpu_seconds, st.status = 'lost') / 3600 AS lost_gpu_hours{status}
+FROM ({inner}) AS c
+LEFT JOIN (SELECT run_id, status FROM ({run_status_sql(db)})) AS st ON st.run_id = c.run_id
+GROUP BY {key} ORDER BY {key}""", status_parameters(end, stall_after_s))
 
 
 def budget_status(client: Any, db: str, *, now: dt.datetime | None = None,

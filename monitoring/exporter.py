@@ -1,4 +1,5 @@
-"""Prometheus exporter of `runstream monitor`: drift, performance, GPU cost, budgets and idle-GPU cost as gauges.
+"""Prometheus exporter of `runstream monitor`: drift, performance, GPU cost, budgets, idle-GPU cost and run
+status (runs by status, stalled runs, GPUs of lost runs) as gauges.
 
 Every `interval_s` the loop runs the drift (`drift.py`) and cost (`cost.py`) queries in ClickHouse
 and swaps in a new snapshot of gauges; a scrape reads the latest snapshot and never waits on
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from runstream.monitoring import cost, drift
+from runstream.monitoring import cost, drift, run_status
 from runstream.monitoring.settings import ExporterSettings
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,56 @@ class SnapshotCollector(Collector):
                 if row[key] is not None:
                     family.add_metric([row["project"]], float(row[key]))
             families.append(family)
+        families.extend(status_families(self.client, self.database, now=now, stall_after_s=s.stall_after_s,
+                                        lost_window=dt.timedelta(seconds=s.lost_window_s)))
         with self._lock:
             self._snapshot = families
+
+
+def status_families(client: Any, database: str, *, now: dt.datetime, stall_after_s: float,
+                    lost_window: dt.timedelta) -> list[Metric]:
+    """The run-status gauges (runstream.monitoring.run_status), archived runs left out (archiving a lost
+    run is how one says it was dealt with): runs per project and status (every status, 0 included),
+    each stalled run's seconds since its step advanced, and per project the GPUs that runs lost within
+    `lost_window` held in their latest attempt (a lost process's GPUs may still be allocated to it)."""
+    by_status = GaugeMetricFamily("runstream_runs", "Runs by status (running, stalled, lost, ok, failed, killed), "
+                                  "archived runs left out", labels=["project", "status"])
+    stalled = GaugeMetricFamily("runstream_stalled_run_seconds", "Seconds since a stalled run's step last advanced "
+                                "(its heartbeats still arrive)", labels=["project", "run_id", "run_name"])
+    lost_gpus = GaugeMetricFamily("runstream_lost_run_gpus", "GPUs held by the latest attempt of runs lost (no "
+                                  "heartbeat for 3 intervals, no finish) within the lost window",
+                                  labels=["project"])
+    lost_runs = GaugeMetricFamily("runstream_lost_runs_recent", "Runs lost within the lost window",
+                                  labels=["project"])
+    rows = run_status.run_statuses(client, database, now=now, stall_after_s=stall_after_s)
+    rows = [row for row in rows if not row["archived"]]
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        counts[(row["project"], row["status"])] = counts.get((row["project"], row["status"]), 0) + 1
+    # Every status of run_status, plus any other an end may carry (an Optuna trial's `pruned`).
+    statuses = list(run_status.STATUSES) + sorted({row["status"] for row in rows} - set(run_status.STATUSES))
+    for project in sorted({row["project"] for row in rows}):
+        for status in statuses:
+            by_status.add_metric([project, status], float(counts.get((project, status), 0)))
+    for row in rows:
+        if row["status"] == "stalled" and row["stalled_s"] is not None:
+            stalled.add_metric([row["project"], row["run_id"], row["run_name"]], float(row["stalled_s"]))
+    since = _naive_utc(now - lost_window)
+    lost = [row for row in rows if row["status"] == "lost" and row["last_heartbeat_at"] is not None
+            and _naive_utc(row["last_heartbeat_at"]) >= since]
+    gpus = run_status.attempt_gpus(client, database, [row["run_id"] for row in lost])
+    per_project: dict[str, tuple[int, int]] = {}
+    for row in lost:
+        runs, held = per_project.get(row["project"], (0, 0))
+        per_project[row["project"]] = (runs + 1, held + gpus.get(row["run_id"], 0))
+    for project, (runs, held) in sorted(per_project.items()):
+        lost_runs.add_metric([project], float(runs))
+        lost_gpus.add_metric([project], float(held))
+    return [by_status, stalled, lost_gpus, lost_runs]
+
+
+def _naive_utc(when: dt.datetime) -> dt.datetime:
+    return when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo is not None else when
 
 
 class Exporter:

@@ -28,5 +28,13 @@ class ExporterSettings(Settings):
                                description="GPU cost burn rate over this trailing window (seconds)")
     idle_window_s: int = Field(default=3600, json_schema_extra=env("RUNSTREAM_MONITOR_IDLE_WINDOW"),
                                description="idle-GPU cost over this trailing window (seconds)")
+    stall_after_s: float = Field(
+        default=15 * 60.0, json_schema_extra=env("RUNSTREAM_STALL_AFTER"),
+        description="a running run whose step has not advanced for this long (heartbeats still arriving) is "
+        "`stalled`: in `runstream runs`, the Client, the monitor's gauges and cost (seconds)")
+    lost_window_s: int = Field(
+        default=24 * 3600, json_schema_extra=env("RUNSTREAM_MONITOR_LOST_WINDOW"),
+        description="runstream_lost_run_gpus counts the GPUs of runs lost within this trailing window "
+        "(seconds; archive a run to drop it sooner)")
 
-    _positive = field_validator("drift_window_s", "interval_s")(positive_seconds)
+    _positive = field_validator("drift_window_s", "interval_s", "stall_after_s", "lost_window_s")(positive_seconds)

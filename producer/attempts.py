@@ -10,7 +10,8 @@ The number comes from, in order: `RUNSTREAM_ATTEMPT`; the scheduler's own restar
 (`SLURM_RESTART_COUNT`, `TORCHELASTIC_RESTART_COUNT`) + 1; a counter the spool folder keeps per run
 (`<spool>/attempts/<run_id>`, locked; a process that finds the attempt's recorder still alive — another
 rank of the same launch on this host — shares its attempt); else 2 for a resume on a host that never
-saw the run.
+saw the run. With `resume="auto"` (producer/ids.py `scheduler_identity`) the scheduler's counters come
+first too; a Kubernetes Job has none, so its pods count with the spool's counter.
 """
 
 from __future__ import annotations
@@ -46,8 +47,18 @@ def scheduler_attempt() -> int | None:
     return None
 
 
-def resolve_attempt(run_id: str, *, resumed: bool, spool: str | Path) -> int:
-    """This process's attempt of `run_id`; recorded in the spool's counter so the next resume counts on."""
+def spool_knows_run(run_id: str, spool: str | Path) -> bool:
+    """Whether this host's spool folder has seen the run: its attempt counter or its spool files."""
+    folder = Path(spool)
+    return (folder / "attempts" / run_id).is_file() or (folder / run_id).is_dir()
+
+
+def resolve_attempt(run_id: str, *, resumed: bool, spool: str | Path, auto: bool = False) -> int:
+    """This process's attempt of `run_id`; recorded in the spool's counter so the next resume counts on.
+
+    `auto` (`resume="auto"`, the id from the scheduler): without a scheduler counter, the spool's
+    counter decides alone: 1 on a host that never saw the run (a Kubernetes Job's pod on a fresh
+    node: keep the spool on a persistent volume, or set RUNSTREAM_ATTEMPT), else the next attempt."""
     folder = Path(spool) / "attempts"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / run_id, "a+", encoding="ascii") as counter:
@@ -59,6 +70,8 @@ def resolve_attempt(run_id: str, *, resumed: bool, spool: str | Path) -> int:
         if attempt is None:
             if previous is not None and recorder.isdigit() and _alive(int(recorder)):
                 attempt = previous  # another rank of this launch got here first
+            elif auto:
+                attempt = previous + 1 if previous is not None else 1
             elif resumed:
                 attempt = previous + 1 if previous is not None else 2
             else:

@@ -381,6 +381,7 @@ def run_command(
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    resume: str | None = None,
 ) -> int:
     """Run `command` as a tracked run and return the exit code the wrapper should exit with.
 
@@ -397,7 +398,8 @@ def run_command(
     err = _StderrWriter(stderr if stderr is not None else sys.stderr.buffer)
 
     gpus = _process_tree_gpus() if settings.sample_interval_s > 0 else None
-    run = _WrappedRun(command, project=project, name=name, params=params, tags=tags, settings=settings, gpus=gpus)
+    run = _WrappedRun(command, project=project, name=name, params=params, tags=tags, settings=settings, gpus=gpus,
+                      resume=resume)  # RUN_ID or "auto" (producer/resume.py)
     supervisor = _Supervisor()
     supervisor.install()
     try:

@@ -79,7 +79,11 @@ SCHEDULER_VARIABLES = {
     "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
     "slurm_step_id": "SLURM_STEP_ID",
     "slurm_cluster": "SLURM_CLUSTER_NAME",
+    "slurm_restart_count": "SLURM_RESTART_COUNT",
     "torchelastic_run_id": "TORCHELASTIC_RUN_ID",
+    "torchelastic_restart_count": "TORCHELASTIC_RESTART_COUNT",
+    "k8s_job": "JOB_NAME",
+    "k8s_completion_index": "JOB_COMPLETION_INDEX",
     "k8s_pod": "POD_NAME",
     "k8s_namespace": "POD_NAMESPACE",
     "k8s_node": "NODE_NAME",
@@ -93,6 +97,9 @@ def scheduler_ids() -> dict[str, str]:
     if "kubernetes_service_host" in found:
         found.setdefault("k8s_pod", host_name())
         del found["kubernetes_service_host"]
+    else:  # JOB_NAME is a common name (CI systems set it): a Kubernetes Job's only inside Kubernetes
+        found.pop("k8s_job", None)
+        found.pop("k8s_completion_index", None)
     return found
 
 

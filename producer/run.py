@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import Any
 
 from runstream.producer import lifecycle, metadata
-from runstream.producer.attempts import resolve_attempt
 from runstream.producer.encodable import (
     FLOAT_INT_LIMIT,
     LONG_MAX,
@@ -25,18 +24,21 @@ from runstream.producer.encodable import (
     shown,
 )
 from runstream.producer.gpu import GPU_FIELDS, NvmlGpus
+from runstream.producer.heartbeat import Heartbeat
 from runstream.producer.host import HostReader
-from runstream.producer.ids import event_id, resolve_run_id, run_name
+from runstream.producer.ids import event_id, run_name
 from runstream.producer.kafka_settings import KafkaSettings
 from runstream.producer.params import check_key, flatten_params, param_records
+from runstream.producer.resume import resolve_resume
 from runstream.producer.settings import ProducerSettings
 from runstream.producer.sinks import EventSink, KafkaSink, SpoolSink
 from runstream.producer.system_sampler import SystemSampler
 from runstream.producer.worker import EventWorker
+from runstream.schemas.catalogue import RUN_END_STATUSES
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("ok", "failed", "killed")
+RUN_STATUSES = RUN_END_STATUSES
 #: Longest group, job type and sweep name (characters): they are labels, shown in lists and legends.
 MAX_LABEL_CHARS = 128
 _GPU_REQUIRED = ("time_us", "gpu_index", "gpu_uuid", "gpu_model")
@@ -149,12 +151,14 @@ class Run:
         self.distributed = metadata.distributed()
         rank = self.distributed["rank"]
         self.is_lead = rank in (None, 0) or self.settings.log_all_ranks
-        self.resumed = resume is not None
-        self.run_id = resolve_run_id(resume, self.distributed["world_size"])
+        # producer/resume.py: an explicit resume of a run the spool or the store knows not is refused there
+        self.run_id, self.resumed, self.attempt = resolve_resume(resume, self.distributed["world_size"],
+                                                                 self.settings.spool)
         self.fork_from, self.fork_step = _fork(self.run_id, fork_from, fork_step)
-        self.attempt = resolve_attempt(self.run_id, resumed=self.resumed, spool=self.settings.spool)
         self.project = project
-        self.name = name or run_name()
+        # A resume without a name keeps the run's (the consumer fills it in); `resume="auto"` names every
+        # attempt alike.
+        self.name = name or ("" if self.resumed else run_name(self.run_id if resume == "auto" else None))
         flat = flatten_params(config)
         flat.update(flatten_params(params))
         self.params = flat
@@ -162,6 +166,10 @@ class Run:
         self.finished = False
         self._finishing = False
         self._step = 0
+        # What the heartbeat reports (producer/heartbeat.py): the highest step logged and when it advanced.
+        self._last_step = -1
+        self._last_step_us: int | None = None
+        self._heartbeat: Heartbeat | None = None
         self._known_keys: set[str] = set()
         lifecycle.install(_finish_all, _forget_in_child, _shutdown_timeout_s)
         self._worker = _worker_for(self.settings)
@@ -177,6 +185,18 @@ class Run:
         _active_runs.append(self)
         if self._sampler is not None:
             self._sampler.start()
+        if self.is_lead and self.settings.heartbeat_interval_s > 0:
+            self._heartbeat = Heartbeat(self.run_id, self.attempt, self.settings.heartbeat_interval_s,
+                                        self._heartbeat_steps, self._emit_heartbeat)
+            self._heartbeat.start()
+
+    def _heartbeat_steps(self) -> tuple[int | None, int | None]:
+        last = self._last_step
+        return (last if last >= 0 else None), self._last_step_us
+
+    def _emit_heartbeat(self, record: dict[str, Any]) -> None:
+        if not self.finished:
+            self._worker.put(("event", "run_heartbeat", self.run_id, record))
 
     def _emit_system_sample(self, samples: list[dict[str, Any]], host: dict[str, Any]) -> None:
         if not self.finished:
@@ -308,7 +328,11 @@ class Run:
                 value = _coerce_number(key, value)
             values[key] = value
         self._step = step + 1
-        self._worker.put_points(self.run_id, step, _now_us(), values)
+        now_us = _now_us()
+        if step > self._last_step:  # the heartbeat's "when the step last advanced": two stores, no lock
+            self._last_step = step
+            self._last_step_us = now_us
+        self._worker.put_points(self.run_id, step, now_us, values)
 
     def log_gpu_samples(
         self,
@@ -361,6 +385,8 @@ class Run:
         # A SIGTERM handler may call finish() while an earlier finish() is stopping the sampler
         # (holding its locks): the nested call leaves the sampler alone and just queues the end.
         nested, self._finishing = self._finishing, True
+        if self._heartbeat is not None:  # no heartbeat after the run's end
+            self._heartbeat.stop(wait=not nested)
         if self._sampler is not None and not nested:
             self._sampler.shutdown()  # takes a final sample, so short runs have one
         record = {
@@ -464,7 +490,9 @@ def init(
     spool folder (`spool`, `RUNSTREAM_SPOOL`, default ~/.runstream/spool). GPUs and the host are
     sampled every `sample_interval` seconds (`RUNSTREAM_SAMPLE_INTERVAL`, default 5; 0 turns it off).
     `resume=RUN_ID` continues an earlier run: same id, its start recorded again as resumed, with the
-    next attempt number (steps it logs again win over the earlier attempt's; both stay queryable).
+    next attempt number (steps it logs again win over the earlier attempt's; both stay queryable);
+    the name, labels and tags it does not repeat are kept. `resume="auto"` continues the run of this
+    scheduler job (SLURM job, torchelastic run, Kubernetes Job), or starts a new one outside a scheduler.
     `group` (e.g. the seeds of one experiment), `job_type` and `sweep` label the run (128 characters
     at most); `fork_from=RUN_ID, fork_step=N` starts a fork whose curves are the parent's up to step N.
     A secured Kafka takes librdkafka options: `kafka_options={"security.protocol": "SASL_SSL", ...}`,

@@ -8,6 +8,7 @@ The Kafka part (bootstrap servers, security and other librdkafka options) is res
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ class ProducerSettings(Settings):
         description="seconds SIGTERM may take to finish open runs and flush, wherever it lands")
     sample_interval_s: float = Field(default=5.0, json_schema_extra=env("RUNSTREAM_SAMPLE_INTERVAL"),
                                      description="seconds between GPU and host samples; 0 turns sampling off")
+    heartbeat_interval_s: float = Field(
+        default=30.0, json_schema_extra=env("RUNSTREAM_HEARTBEAT_INTERVAL"),
+        description="seconds between run_heartbeat events (the run is alive, its last step and step rate); "
+        "readers call a run lost after 3 missed intervals; 0 turns heartbeats off")
     delivery_timeout_s: float = Field(default=30.0, json_schema_extra=env("RUNSTREAM_DELIVERY_TIMEOUT"),
                                       description="seconds the broker may take to acknowledge an event")
     log_all_ranks: bool = Field(default=False, description="log from every distributed rank, not rank 0 only")
@@ -73,11 +78,12 @@ class ProducerSettings(Settings):
             raise ValueError(f"{info.field_name}: expected at least 1, got {value!r}")
         return value
 
-    @field_validator("sample_interval_s")
+    @field_validator("sample_interval_s", "heartbeat_interval_s")
     @classmethod
-    def _interval(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"sample_interval_s: expected seconds >= 0 (0 turns sampling off), got {value!r}")
+    def _interval(cls, value: float, info: ValidationInfo) -> float:
+        if not 0 <= value < math.inf:  # NaN and infinity too: a thread cannot wait that long
+            what = "sampling" if info.field_name == "sample_interval_s" else "heartbeats"
+            raise ValueError(f"{info.field_name}: expected finite seconds >= 0 (0 turns {what} off), got {value!r}")
         return value
 
     @property

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from runstream import __version__, progress
 from runstream.analysis import cli as analysis_cli
+from runstream.consumer import retention as retention_cli
 from runstream.consumer.clickhouse_settings import (
     ClickHouseSettings,
     add_clickhouse_option,
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--project", default="default", help="project name (default: %(default)s)")
     run.add_argument("--name", default=None, help="run name (default: a generated one)")
+    run.add_argument("--resume", default=None, metavar="RUN_ID|auto",
+                     help="continue an earlier run (its next attempt), or 'auto': the run of this scheduler job "
+                     "(SLURM job, torchelastic run, Kubernetes Job), a new one outside a scheduler")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="a hyperparameter to record, repeatable; the value is typed from its text: 10 is an "
                      "int, 0.01 and 3e-4 floats, true/false bools, anything else a string")
@@ -270,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_cli.add_parsers(commands)
     monitoring_cli.add_parsers(commands)
     dashboards_cli.add_parsers(commands)
+    retention_cli.add_parsers(commands)
     return parser
 
 
@@ -294,7 +299,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                         sample_interval_s=args.sample_interval)
     return run_command(
         command, project=args.project, name=args.name, params=parse_params(args.param),
-        tags=parse_tags(args.tag), metric_pattern=args.metric_pattern, settings=settings,
+        tags=parse_tags(args.tag), metric_pattern=args.metric_pattern, settings=settings, resume=args.resume,
     )
 
 
@@ -462,6 +467,7 @@ COMMANDS = {
     **analysis_cli.COMMANDS,
     **monitoring_cli.COMMANDS,
     **dashboards_cli.COMMANDS,
+    **retention_cli.COMMANDS,
 }
 
 

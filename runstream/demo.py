@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runstream.analysis.lineage import lineage, render_tree
 from runstream.analysis.queries import leaderboard
 from runstream.analysis.report import write_report
 from runstream.comparison import compare_project
@@ -65,7 +66,9 @@ def simulate_run(sim: SimulatedRun, project: str, steps: int, settings: Producer
     """Log one run through the SDK; return its run id and the number of metric points logged."""
     noise = random.Random(sim.seed)  # noqa: S311 - simulation noise, not security
     params = {"lr": sim.lr, "batch_size": sim.batch_size, "optimizer": {"name": "adamw", "weight_decay": 0.01}}
-    run = Run(project=project, name=sim.name, params=params, tags={"demo": "true"}, settings=settings)
+    # grouped by batch size, so the group aggregates (runstream curve --group bs32) have runs to average
+    run = Run(project=project, name=sim.name, params=params, tags={"demo": "true"}, settings=settings,
+              group=f"bs{sim.batch_size}", job_type="train", sweep="demo-lr-bs")
     start_us = time.time_ns() // 1000
     points = 0
     next_sample_s = 0.0
@@ -82,6 +85,45 @@ def simulate_run(sim: SimulatedRun, project: str, steps: int, settings: Producer
     )
     run.finish("ok")
     return run.run_id, points
+
+
+def simulate_lifecycle(best: SimulatedRun, project: str, steps: int, settings: ProducerSettings
+                       ) -> tuple[list[str], int, str]:
+    """A preempted run resumed from its checkpoint, and a fork of it: the run lifecycle on demo data.
+
+    Attempt 1 of `<best>-preempted` is stopped at 70% of the steps (ended `killed`, as a preemption's
+    SIGTERM ends it); attempt 2 resumes from the checkpoint at 50% and logs those steps again with other
+    noise, so every view shows attempt 2's values there while `runstream curve --attempts` still has
+    attempt 1's. `<best>-finetune` forks it at 75% with a tenth of the learning rate. Returns the run ids,
+    the points logged and a line saying what happened."""
+    preempted = SimulatedRun(f"{best.name}-preempted", best.lr, best.batch_size, seed=1000 + best.seed)
+    params = {"lr": best.lr, "batch_size": best.batch_size}
+    labels = {"group": f"bs{best.batch_size}", "job_type": "train", "sweep": "demo-lr-bs"}
+    crash_at, checkpoint, fork_step = (steps * 7) // 10, steps // 2, (steps * 3) // 4
+    first = Run(project=project, name=preempted.name, params=params, settings=settings, **labels)
+    noise = random.Random(preempted.seed)  # noqa: S311 - simulation noise, not security
+    for step in range(crash_at):
+        loss, acc = _curve(preempted, step, steps, noise)
+        first.log({"loss": loss, "acc": acc}, step=step)
+    first.finish("killed", error="preempted (simulated SIGTERM)")
+    second = Run(project=project, settings=settings, resume=first.run_id)  # name, labels: kept from attempt 1
+    noise = random.Random(preempted.seed + 1)  # noqa: S311
+    for step in range(checkpoint, steps):
+        loss, acc = _curve(preempted, step, steps, noise)
+        second.log({"loss": loss, "acc": acc}, step=step)
+    second.finish("ok")
+    finetune = SimulatedRun(f"{best.name}-finetune", best.lr / 10, best.batch_size, seed=2000 + best.seed)
+    fork = Run(project=project, name=finetune.name, params={**params, "lr": finetune.lr}, settings=settings,
+               fork_from=first.run_id, fork_step=fork_step, **labels)
+    noise = random.Random(finetune.seed)  # noqa: S311
+    for step in range(fork_step + 1, steps):
+        loss, acc = _curve(best, step, steps, noise)
+        fork.log({"loss": loss * 0.9, "acc": min(1.0, acc * 1.02)}, step=step)
+    fork.finish("ok")
+    points = 2 * (crash_at + (steps - checkpoint) + (steps - fork_step - 1))
+    summary = (f"{preempted.name}: attempt 1 ended killed at step {crash_at - 1}, attempt 2 resumed from the "
+               f"checkpoint at step {checkpoint}; {finetune.name} forks it at step {fork_step}.")
+    return [first.run_id, fork.run_id], points, summary
 
 
 def _gpu_samples(sim: SimulatedRun, time_us: int, noise: random.Random) -> list[dict[str, object]]:
@@ -140,6 +182,11 @@ def run_demo(
             run_ids.append(run_id)
             points += logged
             logged_runs.update(1)
+    sims = fleet(runs)
+    best = max(sims, key=lambda sim: _curve(sim, steps - 1, steps, random.Random(0))[1])  # noqa: S311
+    lifecycle_ids, logged, lifecycle = simulate_lifecycle(best, project, steps, settings)
+    run_ids.extend(lifecycle_ids)
+    points += logged
     events = producer_stats()["sent_events"] - sent_before
     sink = ClickHouseSink(clickhouse)
     if kafka:
@@ -173,11 +220,15 @@ def run_demo(
     report_path = write_report(sink.client, sink.database, project,
                                report_out or spool_dir.parent / f"runstream-report-{project}.html")
     out("")
+    out(f"Run lifecycle: {lifecycle}")
+    out(render_tree(lineage(sink.client, sink.database, lifecycle_ids[0])))
+    out("")
     out(f"{loaded_points} metric points stored; {time.monotonic() - started:.1f}s in all.")
     out(f"HTML report (opens offline): {report_path.resolve()}")
     shown = redact(clickhouse)  # credentials come from RUNSTREAM_CLICKHOUSE_USER/_PASSWORD, never printed
     out(f'Explore with: runstream query "SELECT * FROM runs" --clickhouse {shown}')  # noqa: S608
     out(f"          or: runstream runs --project {project} --where 'params.lr < 0.001' --sort -metrics.acc "
         f"--clickhouse {shown}")
+    out(f"          or: runstream curve {lifecycle_ids[0]} --attempts --metric acc --clickhouse {shown}")
     sink.close()
     return 0

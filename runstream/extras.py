@@ -32,6 +32,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "pytorch_lightning": "lightning",
     "transformers": "huggingface",
     "keras": "keras",
+    "optuna": "optuna",
 }
 
 

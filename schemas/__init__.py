@@ -1,6 +1,13 @@
 """The Avro event contract: bundled schema history, fingerprints and the single-object codec."""
 
-from runstream.schemas.catalogue import CURATION_EVENT_TYPE, EVENT_TYPES, Catalogue, SchemaVersion, bundled_catalogue
+from runstream.schemas.catalogue import (
+    CURATION_EVENT_TYPE,
+    EVENT_TYPES,
+    RUN_END_STATUSES,
+    Catalogue,
+    SchemaVersion,
+    bundled_catalogue,
+)
 from runstream.schemas.codec import DecodeError, Decoder, Encoder
 from runstream.schemas.topics import DEFAULT_TOPIC_PREFIX, dead_letter_topic, topic_for
 
@@ -8,6 +15,7 @@ __all__ = [
     "DEFAULT_TOPIC_PREFIX",
     "CURATION_EVENT_TYPE",
     "EVENT_TYPES",
+    "RUN_END_STATUSES",
     "Catalogue",
     "DecodeError",
     "Decoder",

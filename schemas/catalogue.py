@@ -27,6 +27,10 @@ EVENT_TYPES = (
     "prediction_samples", "run_heartbeat", "run_curation",
 )
 
+#: How a run's attempt can end (`run_finished.status`): `pruned` is a trial a hyperparameter search stopped
+#: early (an Optuna trial pruned).
+RUN_END_STATUSES = ("ok", "failed", "killed", "pruned")
+
 #: The one event type whose topic keeps only each run's last message (cleanup.policy=compact).
 CURATION_EVENT_TYPE = "run_curation"
 

@@ -21,6 +21,9 @@ import runstream
 _DIED = """
 import os, sys, json, runstream
 spec = json.loads(sys.argv[1])
+# No heartbeats: the run reads `running` whenever it is read (with them it would be `lost` 3 intervals
+# after this process died: runstream.monitoring.run_status; tests/test_heartbeats.py covers that).
+os.environ["RUNSTREAM_HEARTBEAT_INTERVAL"] = "0"
 run = runstream.init(spec["project"], spec["name"], params=spec["params"], spool=sys.argv[2], sample_interval=0)
 for metric, points in spec["metrics"].items():
     for step, value in points:

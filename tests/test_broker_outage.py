@@ -112,7 +112,7 @@ def test_the_consumer_rides_out_a_broker_restart(tmp_path: Path, clickhouse_dsn:
         for step in range(300):
             second.log({"loss": float(step)}, step=step)
         second.finish()
-        for _ in range(600):
+        for _ in range(1800):  # a rejoin after the restart can take a while on a loaded machine
             if service.stats.points >= 500:
                 break
             deadline.wait(0.1)

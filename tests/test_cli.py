@@ -31,10 +31,17 @@ def table_rows(output: str) -> list[list[str]]:
 
 def test_demo_prints_a_comparison_that_sql_agrees_with(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path / 'ch'}"
-    done = runstream("demo", "--runs", "4", "--steps", "120", "--clickhouse", dsn, "--spool", str(tmp_path / "sp"))
+    runs, steps = 4, 120
+    done = runstream("demo", "--runs", str(runs), "--steps", str(steps), "--clickhouse", dsn,
+                     "--spool", str(tmp_path / "sp"))
     rows = table_rows(done.stdout)
-    assert len(rows) == 4
-    assert "960 metric points stored" in done.stdout
+    assert len(rows) == runs + 2, "the fleet, a preempted and resumed run, and a fork of it"
+    # per metric: the fleet's steps; the preempted run's attempt 1 (to 70%) and attempt 2 (from 50%); the fork's
+    crash_at, checkpoint, fork_step = steps * 7 // 10, steps // 2, steps * 3 // 4
+    logged = runs * steps + crash_at + (steps - checkpoint) + (steps - fork_step - 1)
+    kept = runs * steps + steps + (steps - fork_step - 1)  # a step logged again by attempt 2 counts once
+    assert f"{2 * logged} metric points stored" in done.stdout
+    assert "attempt 2 resumed from the checkpoint" in done.stdout and f"forked at step {fork_step}" in done.stdout
     # The table's best final accuracy belongs to the run the query command finds.
     header = next(line for line in done.stdout.splitlines() if line.startswith("run "))
     assert "acc final" in header and "gpu_hours" in header
@@ -47,13 +54,16 @@ def test_demo_prints_a_comparison_that_sql_agrees_with(tmp_path: Path) -> None:
     assert best_name.startswith("lr0.001-"), "the simulated optimum is lr=1e-3"
     counts = runstream("query", "SELECT metric, count() AS n FROM metric_points FINAL GROUP BY metric ORDER BY metric",
                        "--format", "csv", "--clickhouse", dsn)
-    assert list(csv.reader(io.StringIO(counts.stdout))) == [["metric", "n"], ["acc", "480"], ["loss", "480"]]
+    assert list(csv.reader(io.StringIO(counts.stdout))) == [["metric", "n"], ["acc", str(kept)], ["loss", str(kept)]]
+    superseded = runstream("query", "SELECT attempt, count() AS n FROM metric_points_superseded FINAL GROUP BY attempt",
+                           "--format", "json", "--clickhouse", dsn)
+    assert json.loads(superseded.stdout) == [{"attempt": 1, "n": 2 * (crash_at - checkpoint)}], "attempt 1 kept"
 
     again = runstream("ingest", str(tmp_path / "sp"), "--clickhouse", dsn)
     assert "ingested" in again.stdout
     recount = runstream("query", "SELECT count() AS n FROM metric_points FINAL", "--format", "json",
                         "--clickhouse", dsn)
-    assert json.loads(recount.stdout) == [{"n": 960}], "ingesting the same spool twice stores nothing twice"
+    assert json.loads(recount.stdout) == [{"n": 2 * kept}], "ingesting the same spool twice stores nothing twice"
 
 
 def test_help_explains_every_command() -> None:

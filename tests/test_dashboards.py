@@ -64,7 +64,7 @@ def test_dashboards_have_the_shape_of_grafanas_dashboard_model(tmp_path: Path) -
         assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
         for panel in data["panels"]:
             assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
-            assert panel["type"] in {"timeseries", "table", "heatmap", "barchart"}, panel["type"]
+            assert panel["type"] in {"timeseries", "table", "heatmap", "barchart", "trend"}, panel["type"]
             for target in panel["targets"]:
                 assert target["refId"] and target["datasource"]["type"] in {"grafana-clickhouse-datasource",
                                                                              "prometheus"}
