@@ -27,7 +27,7 @@ from runstream.analysis.filters import (
     vocabulary_from_rows,
 )
 from runstream.monitoring.metric_direction import lower_is_better
-from runstream.monitoring.run_status import run_status_sql, status_parameters
+from runstream.monitoring.run_status import honest_statuses, run_status_sql, status_parameters
 
 MODES = ("min", "max")
 _PROJECT = "({project:String} = '' OR project = {project:String})"
@@ -329,7 +329,8 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
         out.append([field, *values, "*" if diff and not _same(values) else ""])
 
     add("run_id", ids, diff=False)
-    add("status", [rows[i][1] for i in ids])
+    honest = honest_statuses(client, db, [i for i in ids if rows[i][1] == "running"])
+    add("status", [honest.get(i, rows[i][1]) for i in ids])
     if any(rows[i][9] is not None for i in ids):  # a fork: where it branched off (runstream lineage shows the tree)
         add("fork_from", [rows[i][9] for i in ids])
         add("fork_step", [rows[i][10] for i in ids])
@@ -362,7 +363,9 @@ def leaderboard(client: Any, db: str, project: str, metric: str, mode: str | Non
            f"AND isFinite(value){hidden} ORDER BY {'-value' if mode == 'max' else 'value'}, at_step, started_at, run_id"
            + (f" LIMIT {int(limit)}" if limit else ""))
     found = _rows(client, sql, {"project": project, "metric": metric})
-    rows = [[rank, *row[:-1]] for rank, row in enumerate(found, 1)]
+    # run_summary says `running` until a run ends; which of those are stalled or lost is read for them alone
+    honest = honest_statuses(client, db, [row[0] for row in found if row[2] == "running"])
+    rows = [[rank, row[0], row[1], honest.get(row[0], row[2]), *row[3:-1]] for rank, row in enumerate(found, 1)]
     left_out = int(found[0][-1]) if found else no_finite_value(client, db, project, metric, include_archived)
     if not rows and not left_out:  # say why: a typo in the project or metric reads better than an empty table
         check_project(client, db, project)

@@ -123,6 +123,18 @@ ORDER BY project, started_at, run_id""", parameters=parameters)
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
+def honest_statuses(client: Any, db: str, run_ids: list[str], *, now: dt.datetime | None = None,
+                    stall_after_s: float | None = None) -> dict[str, str]:
+    """The status of each of `run_ids` as `run_status_sql` decides it: for readers that rank or compare a
+    few runs from `run_summary` (whose status says `running` for a lost or stalled run) and only need the
+    honest one for those, without joining every heartbeat."""
+    if not run_ids:
+        return {}
+    sql = f"SELECT run_id, status FROM ({run_status_sql(db, where='has({ids:Array(String)}, run_id)')})"
+    result = client.query(sql, parameters={**status_parameters(now, stall_after_s), "ids": sorted(set(run_ids))})
+    return {str(run_id): str(status) for run_id, status in result.result_rows}
+
+
 def attempt_gpus(client: Any, db: str, run_ids: list[str]) -> dict[str, int]:
     """GPUs (distinct host and GPU index) each run's latest attempt sampled: the GPUs a lost run held."""
     if not run_ids:

@@ -15,6 +15,7 @@ from typing import Any
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
 from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
 from runstream.monitoring.metric_direction import lower_is_better
+from runstream.monitoring.run_status import honest_statuses
 
 # The runs compared: those of a project, narrowed to given run ids when the list is not empty.
 RUNS_FILTER = (
@@ -22,9 +23,8 @@ RUNS_FILTER = (
 )
 
 RUNS_SQL = """
-SELECT r.run_id, r.run_name, f.status
+SELECT r.run_id, r.run_name
 FROM (SELECT * FROM {db}.runs FINAL) AS r
-LEFT JOIN (SELECT run_id, status FROM {db}.run_finishes FINAL) AS f USING (run_id)
 WHERE {runs_filter}
 ORDER BY r.run_id
 """
@@ -82,6 +82,8 @@ def compare_project(client: Any, database: str, project: str, run_ids: list[str]
         metrics.setdefault(run_id, {})[metric] = (final, best)
         names.add(metric)
     gpu_hours = {run_id: hours for run_id, hours in gpu_rows}
+    # the status every command shows: the latest attempt's end, else running, stalled or lost
+    statuses = honest_statuses(client, database, [run_id for run_id, _ in runs])
 
     ordered = sorted(names)
     columns = ["run", "params"]
@@ -89,11 +91,11 @@ def compare_project(client: Any, database: str, project: str, run_ids: list[str]
         columns += [f"{name} final", f"{name} best"]
     columns += ["gpu_hours", "status"]
     rows = []
-    for run_id, run_name, status in runs:
+    for run_id, run_name in runs:
         row: list[Any] = [run_name, " ".join(run_params.get(run_id, []))]
         for name in ordered:
             final, best = metrics.get(run_id, {}).get(name, (None, None))
             row += [final, best]
-        row += [gpu_hours.get(run_id, 0.0), status or "running"]
+        row += [gpu_hours.get(run_id, 0.0), statuses.get(run_id, "running")]
         rows.append(row)
     return Comparison(columns, rows)

@@ -274,6 +274,12 @@ def test_a_killed_process_is_stalled_then_lost_and_finished_runs_keep_their_stat
     assert (mine["attempt"], mine["stalled_s"]) == (attempt, pytest.approx(stalled_for, abs=1e-6))
     listed = rs.runs("beats")
     assert dict(zip(listed["run_id"], listed["status"], strict=True)) == {**finished, run_id: "lost"}
+    # Rankings and comparisons, which read the summary, show the same honest status.
+    board = queries.leaderboard(sink.client, sink.database, "beats", "loss")
+    assert {row[1]: row[3] for row in board.rows} == {**finished, run_id: "lost"}
+    compared = queries.compare(sink.client, sink.database, [run_id, *finished])
+    [status_row] = [row for row in compared.rows if row[0] == "status"]
+    assert status_row[1:-1] == ["lost", *finished.values()]
 
     # Cost: the GPU-hours of the run, by the one definition, counted as stalled, then as lost.
     samples = [r for r in read_spool(spool)["gpu_samples"] if r["run_id"] == run_id]
@@ -306,13 +312,15 @@ def test_a_killed_process_is_stalled_then_lost_and_finished_runs_keep_their_stat
         return {s.labels["status"]: s.value for s in families["runstream_runs"] if s.labels["project"] == "beats"}
 
     stalled_view = gauges(just_after, stall_after)
-    assert runs_by_status(stalled_view) == {"running": 0, "stalled": 1, "lost": 0, "ok": 1, "failed": 1, "killed": 1}
+    assert runs_by_status(stalled_view) == {"running": 0, "stalled": 1, "lost": 0, "ok": 1, "failed": 1, "killed": 1,
+                                            "pruned": 0}
     [stalled_gauge] = stalled_view["runstream_stalled_run_seconds"]
     assert stalled_gauge.labels == {"project": "beats", "run_id": run_id, "run_name": "victim"}
     assert stalled_gauge.value == pytest.approx(stalled_for, abs=1e-6)
     assert stalled_view["runstream_lost_run_gpus"] == []
     lost_view = gauges(after_lost, 3600)
-    assert runs_by_status(lost_view) == {"running": 0, "stalled": 0, "lost": 1, "ok": 1, "failed": 1, "killed": 1}
+    assert runs_by_status(lost_view) == {"running": 0, "stalled": 0, "lost": 1, "ok": 1, "failed": 1, "killed": 1,
+                                         "pruned": 0}
     assert [(s.labels, s.value) for s in lost_view["runstream_lost_run_gpus"]] == [({"project": "beats"}, 2.0)]
     assert lost_view["runstream_stalled_run_seconds"] == []
     # Outside the lost window the run still counts as lost, but no longer as holding GPUs.
