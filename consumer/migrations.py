@@ -47,6 +47,7 @@ from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBO
 from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
 from runstream.consumer.retention import RETENTION_RULES
+from runstream.consumer.rollup_merges import merged_columns
 from runstream.consumer.run_projects import PROJECT_COLUMN_SPEC
 from runstream.consumer.run_summary import (
     BACKFILL_SQL,
@@ -320,18 +321,7 @@ METRIC_SUMMARY_V2 = View(
     SELECT
         run_id,
         metric,
-        argMinMerge(first_value_state) AS first_value,
-        argMaxMerge(last_value_state) AS last_value,
-        min(min_value_state) AS min_value,
-        max(max_value_state) AS max_value,
-        if(min_value IS NULL, NULL, argMinMerge(step_of_min_state)) AS step_of_min,
-        if(max_value IS NULL, NULL, argMaxMerge(step_of_max_state)) AS step_of_max,
-        min(first_step_state) AS first_step,
-        max(last_step_state) AS last_step,
-        groupBitmapMerge(steps_state) AS points,
-        sum(deliveries_state) AS deliveries,
-        max(last_time_state) AS last_time,
-        {lower_is_better} AS lower_is_better,
+""" + merged_columns() + """        {lower_is_better} AS lower_is_better,
         if(lower_is_better, min_value, max_value) AS best_value,
         if(lower_is_better, step_of_min, step_of_max) AS best_step
     FROM {metric_summary_states}
@@ -344,17 +334,7 @@ _ROLLUP = """
     SELECT
         run_id,
         metric,
-        argMinMerge(first_value_state) AS first_value,
-        argMaxMerge(last_value_state) AS last_value,
-        min(min_value_state) AS min_value,
-        max(max_value_state) AS max_value,
-        if(min_value IS NULL, NULL, argMinMerge(step_of_min_state)) AS step_of_min,
-        if(max_value IS NULL, NULL, argMaxMerge(step_of_max_state)) AS step_of_max,
-        min(first_step_state) AS first_step,
-        max(last_step_state) AS last_step,
-        groupBitmapMerge(steps_state) AS points,
-        sum(deliveries_state) AS deliveries,
-        max(last_time_state) AS last_time
+""" + merged_columns().removesuffix(",\n") + """
     FROM {metric_summary_states}
     GROUP BY run_id, metric
 """

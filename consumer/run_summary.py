@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from runstream.consumer.rollup_merges import MERGE, merged_columns
 from runstream.consumer.table_spec import MaterializedView, Table
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql, step_of_max_sql, step_of_min_sql
 from runstream.monitoring.gpu_hours import slot_held_ms_sql
@@ -119,21 +120,17 @@ RUN_KEYS_MV = MaterializedView(
 # Every (run, metric) of the runs in {runs_in}, from the rollup; `from_final` marks the pairs whose
 # rollup may differ from FINAL (a step delivered more than once) or from the finite rule (an infinite
 # value: the rollup skips NaN only).
-_ROLLUP_PAIRS = """
+_ROLLUP_PAIRS = f"""
     SELECT
         run_id,
         metric,
-        argMaxMerge(last_value_state) AS final_value,
-        max(last_step_state) AS last_step,
-        min(min_value_state) AS min_value,
-        max(max_value_state) AS max_value,
-        if(min_value IS NULL, NULL, argMinMerge(step_of_min_state)) AS step_of_min,
-        if(max_value IS NULL, NULL, argMaxMerge(step_of_max_state)) AS step_of_max,
-        toUInt64(groupBitmapMerge(steps_state)) AS points,
-        sum(deliveries_state) > points OR ifNull(isInfinite(min_value), 0) OR ifNull(isInfinite(max_value), 0)
+        {MERGE["last_value"]} AS final_value,
+{merged_columns(("last_step", "min_value", "max_value", "step_of_min", "step_of_max"))}\
+        toUInt64({MERGE["points"]}) AS points,
+        {MERGE["deliveries"]} > points OR ifNull(isInfinite(min_value), 0) OR ifNull(isInfinite(max_value), 0)
             AS from_final
-    FROM {db}.metric_summary_states
-    WHERE {runs_in}
+    FROM {{db}}.metric_summary_states
+    WHERE {{runs_in}}
     GROUP BY run_id, metric
 """  # noqa: S608 - the module's own text
 

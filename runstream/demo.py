@@ -98,9 +98,10 @@ def simulate_lifecycle(best: SimulatedRun, project: str, steps: int, settings: P
     the points logged and a line saying what happened."""
     preempted = SimulatedRun(f"{best.name}-preempted", best.lr, best.batch_size, seed=1000 + best.seed)
     params = {"lr": best.lr, "batch_size": best.batch_size}
-    labels = {"group": f"bs{best.batch_size}", "job_type": "train", "sweep": "demo-lr-bs"}
+    group = f"bs{best.batch_size}"
     crash_at, checkpoint, fork_step = (steps * 7) // 10, steps // 2, (steps * 3) // 4
-    first = Run(project=project, name=preempted.name, params=params, settings=settings, **labels)
+    first = Run(project=project, name=preempted.name, params=params, settings=settings, group=group,
+                job_type="train", sweep="demo-lr-bs")
     noise = random.Random(preempted.seed)  # noqa: S311 - simulation noise, not security
     for step in range(crash_at):
         loss, acc = _curve(preempted, step, steps, noise)
@@ -114,7 +115,7 @@ def simulate_lifecycle(best: SimulatedRun, project: str, steps: int, settings: P
     second.finish("ok")
     finetune = SimulatedRun(f"{best.name}-finetune", best.lr / 10, best.batch_size, seed=2000 + best.seed)
     fork = Run(project=project, name=finetune.name, params={**params, "lr": finetune.lr}, settings=settings,
-               fork_from=first.run_id, fork_step=fork_step, **labels)
+               fork_from=first.run_id, fork_step=fork_step, group=group, job_type="train", sweep="demo-lr-bs")
     noise = random.Random(finetune.seed)  # noqa: S311
     for step in range(fork_step + 1, steps):
         loss, acc = _curve(best, step, steps, noise)
