@@ -183,6 +183,17 @@ window.addEventListener("error", function (e) {
     return [lo, hi];
   }
   function scale(d, r) { return function (v) { return r[0] + (v - d[0]) / (d[1] - d[0]) * (r[1] - r[0]); }; }
+  // Both axes of a chart over steps, with five ticks each: box is the chart's size and margins.
+  function stepAxes(svg, box, ex, ey, x, y) {
+    el("line", {x1: box.L, y1: box.H - box.B, x2: box.W - box.R, y2: box.H - box.B, stroke: "#999"}, svg);
+    el("line", {x1: box.L, y1: box.T, x2: box.L, y2: box.H - box.B, stroke: "#999"}, svg);
+    for (var i = 0; i <= 4; i++) {
+      var vx = ex[0] + (ex[1] - ex[0]) * i / 4, vy = ey[0] + (ey[1] - ey[0]) * i / 4;
+      text(svg, x(vx), box.H - box.B + 14, fmt(Math.round(vx)), "middle");
+      text(svg, box.L - 4, y(vy) + 4, fmt(vy), "end");
+    }
+    text(svg, (box.L + box.W - box.R) / 2, box.H - 4, "step", "middle");
+  }
   function svgRoot(parent, w, h, label) {
     var svg = el("svg", {width: w, height: h, viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": label}, parent);
     return svg;
@@ -236,14 +247,7 @@ window.addEventListener("error", function (e) {
     Object.keys(curves).forEach(function (id) { curves[id].forEach(function (p) { xs.push(p[0]); ys.push(p[1]); }); });
     var x = scale(extent(xs), [L, W - R]), y = scale(extent(ys), [H - B, T]);
     var ex = extent(xs), ey = extent(ys);
-    el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999"}, svg);
-    el("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#999"}, svg);
-    for (var i = 0; i <= 4; i++) {
-      var vx = ex[0] + (ex[1] - ex[0]) * i / 4, vy = ey[0] + (ey[1] - ey[0]) * i / 4;
-      text(svg, x(vx), H - B + 14, fmt(Math.round(vx)), "middle");
-      text(svg, L - 4, y(vy) + 4, fmt(vy), "end");
-    }
-    text(svg, (L + W - R) / 2, H - 4, "step", "middle");
+    stepAxes(svg, {W: W, H: H, L: L, R: R, T: T, B: B}, ex, ey, x, y);
     Object.keys(curves).forEach(function (id) {
       var pts = curves[id].filter(function (p) { return p[1] !== null; })
         .map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); });
@@ -273,14 +277,7 @@ window.addEventListener("error", function (e) {
     var ex = extent(pts.map(function (r) { return r[0]; }));
     var ey = extent(pts.map(function (r) { return r[2]; }).concat(pts.map(function (r) { return r[3]; })));
     var x = scale(ex, [L, W - R]), y = scale(ey, [H - B, T]);
-    el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999"}, svg);
-    el("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#999"}, svg);
-    for (var i = 0; i <= 4; i++) {
-      var vx = ex[0] + (ex[1] - ex[0]) * i / 4, vy = ey[0] + (ey[1] - ey[0]) * i / 4;
-      text(svg, x(vx), H - B + 14, fmt(Math.round(vx)), "middle");
-      text(svg, L - 4, y(vy) + 4, fmt(vy), "end");
-    }
-    text(svg, (L + W - R) / 2, H - 4, "step", "middle");
+    stepAxes(svg, {W: W, H: H, L: L, R: R, T: T, B: B}, ex, ey, x, y);
     if (!pts.length) { return; }
     var upper = pts.map(function (r) { return x(r[0]).toFixed(1) + "," + y(r[3]).toFixed(1); });
     var lower = pts.slice().reverse().map(function (r) { return x(r[0]).toFixed(1) + "," + y(r[2]).toFixed(1); });

@@ -18,6 +18,17 @@ from __future__ import annotations
 
 from runstream.consumer.table_spec import Table
 
+#: What a run_started says of the run's lifecycle, as columns of `runs` and of `run_summary` (migration 8):
+#: the latest attempt, the labels, the fork's parent and step.
+RUN_LIFECYCLE_COLUMNS: tuple[str, ...] = (
+    "attempt UInt32 DEFAULT 1",
+    "run_group String DEFAULT ''",
+    "job_type LowCardinality(String) DEFAULT ''",
+    "sweep String DEFAULT ''",
+    "fork_from Nullable(String)",
+    "fork_step Nullable(Int64)",
+)
+
 RUN_ATTEMPTS = Table(
     "run_attempts",
     (

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBOARD, RUN_OVERVIEW
-from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES
+from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES, RUN_LIFECYCLE_COLUMNS
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
 from runstream.consumer.retention import RETENTION_RULES
 from runstream.consumer.rollup_merges import merged_columns
@@ -57,7 +57,7 @@ from runstream.consumer.run_summary import (
     RUN_SUMMARY,
 )
 from runstream.consumer.run_summary import LIFECYCLE_COLUMNS as RUN_SUMMARY_LIFECYCLE_COLUMNS
-from runstream.consumer.table_spec import MaterializedView, Table, View
+from runstream.consumer.table_spec import MaterializedView, Table, View, column_name
 from runstream.monitoring.gpu_hours import SAMPLE_MS_SQL, SLOT_OF_SAMPLE_SQL, slot_held_ms_sql
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
 
@@ -115,12 +115,7 @@ RUNS = Table(
         "scheduler Map(String, String)",
         "resumed Bool DEFAULT false",
         # migration 8: the run lifecycle (the latest attempt's start wins, like every other column)
-        "attempt UInt32 DEFAULT 1",
-        "run_group String DEFAULT ''",
-        "job_type LowCardinality(String) DEFAULT ''",
-        "sweep String DEFAULT ''",
-        "fork_from Nullable(String)",
-        "fork_step Nullable(Int64)",
+        *RUN_LIFECYCLE_COLUMNS,
     ),
     "ReplacingMergeTree",
     "run_id",
@@ -129,7 +124,7 @@ RUNS = Table(
 
 #: Columns migration 8 adds to existing tables, by table (`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`).
 LIFECYCLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "runs": ("attempt", "run_group", "job_type", "sweep", "fork_from", "fork_step"),
+    "runs": tuple(column_name(definition) for definition in RUN_LIFECYCLE_COLUMNS),
     "metric_points": ("attempt", "project"),
     "gpu_samples": ("project",),  # the run's project, for per-project retention (consumer/retention.py)
     "host_samples": ("project",),

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from runstream.consumer.lifecycle_tables import RUN_LIFECYCLE_COLUMNS
 from runstream.consumer.rollup_merges import MERGE, merged_columns
 from runstream.consumer.table_spec import MaterializedView, Table
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql, step_of_max_sql, step_of_min_sql
@@ -70,12 +71,7 @@ RUN_SUMMARY = Table(
         "updated_at DateTime64(6, 'UTC')",
         # migration 8, the run lifecycle: the latest attempt, labels, the fork's parent, the curated note
         # and archive flag (the curated tags replace `tags`)
-        "attempt UInt32 DEFAULT 1",
-        "run_group String DEFAULT ''",
-        "job_type LowCardinality(String) DEFAULT ''",
-        "sweep String DEFAULT ''",
-        "fork_from Nullable(String)",
-        "fork_step Nullable(Int64)",
+        *RUN_LIFECYCLE_COLUMNS,
         "note String DEFAULT ''",
         "archived Bool DEFAULT false",
     ),
@@ -134,23 +130,31 @@ _ROLLUP_PAIRS = f"""
     GROUP BY run_id, metric
 """  # noqa: S608 - the module's own text
 
+def _final_pairs(final: str, last_step: str, low: str, high: str, step_of_low: str, step_of_high: str, points: str,
+                 indent: str) -> str:
+    """The pairs the rollup may get wrong (`from_final`), summarised from `metric_points FINAL` under the
+    finite-value rule, with the given column names: one text for migration 7's refresh and migration 8's."""
+    lines = (
+        "SELECT", "    run_id,", "    metric,",
+        f"    argMax(value, step) AS {final},",
+        f"    max(step) AS {last_step},",
+        f"    {finite_min_sql()} AS {low},",
+        f"    {finite_max_sql()} AS {high},",
+        f"    if({low} IS NULL, NULL, {step_of_min_sql()}) AS {step_of_low},",
+        f"    if({high} IS NULL, NULL, {step_of_max_sql()}) AS {step_of_high},",
+        f"    count() AS {points}",
+        "FROM {db}.metric_points FINAL",
+        f"WHERE {{runs_in}} AND (run_id, metric) IN (SELECT run_id, metric FROM ({_ROLLUP_PAIRS}) WHERE from_final)",  # noqa: S608
+        "GROUP BY run_id, metric",
+    )
+    return "\n".join(indent + line for line in lines)
+
+
 _PAIRS = f"""
     SELECT run_id, metric, final_value, last_step, min_value, max_value, step_of_min, step_of_max, points
     FROM ({_ROLLUP_PAIRS}) WHERE NOT from_final
     UNION ALL
-    SELECT
-        run_id,
-        metric,
-        argMax(value, step) AS final_value,
-        max(step) AS last_step,
-        {finite_min_sql()} AS min_value,
-        {finite_max_sql()} AS max_value,
-        if(min_value IS NULL, NULL, {step_of_min_sql()}) AS step_of_min,
-        if(max_value IS NULL, NULL, {step_of_max_sql()}) AS step_of_max,
-        count() AS points
-    FROM {{db}}.metric_points FINAL
-    WHERE {{runs_in}} AND (run_id, metric) IN (SELECT run_id, metric FROM ({_ROLLUP_PAIRS}) WHERE from_final)
-    GROUP BY run_id, metric
+{_final_pairs("final_value", "last_step", "min_value", "max_value", "step_of_min", "step_of_max", "points", "    ")}
 """  # noqa: S608 - the module's own text
 
 #: Migration 8's pairs: as _PAIRS, except that a pair _PAIRS recomputes from FINAL whose raw points
@@ -187,19 +191,7 @@ _LIFECYCLE_PAIRS = f"""
             multiIf(source = 1, x.x_points, r.points) AS p_points
         FROM ({_ROLLUP_PAIRS}) AS r
         LEFT JOIN (
-            SELECT
-                run_id,
-                metric,
-                argMax(value, step) AS x_final,
-                max(step) AS x_last_step,
-                {finite_min_sql()} AS x_min,
-                {finite_max_sql()} AS x_max,
-                if(x_min IS NULL, NULL, {step_of_min_sql()}) AS x_step_of_min,
-                if(x_max IS NULL, NULL, {step_of_max_sql()}) AS x_step_of_max,
-                count() AS x_points
-            FROM {{db}}.metric_points FINAL
-            WHERE {{runs_in}} AND (run_id, metric) IN (SELECT run_id, metric FROM ({_ROLLUP_PAIRS}) WHERE from_final)
-            GROUP BY run_id, metric
+{_final_pairs("x_final", "x_last_step", "x_min", "x_max", "x_step_of_min", "x_step_of_max", "x_points", "            ")}
         ) AS x ON x.run_id = r.run_id AND x.metric = r.metric
         LEFT JOIN (
             SELECT

@@ -17,6 +17,11 @@ BY_RUN = "by_run"
 EVERY_NODE = "every_node"
 
 
+def column_name(definition: str) -> str:
+    """The name of a column definition such as "attempt UInt32 DEFAULT 1" (it starts with the name)."""
+    return definition.split(None, 1)[0]
+
+
 @dataclass(frozen=True)
 class Table:
     """A MergeTree-family table.
@@ -41,7 +46,7 @@ class Table:
     @property
     def column_names(self) -> tuple[str, ...]:
         """The columns' names in declaration order (each definition starts with its name)."""
-        return tuple(definition.split(None, 1)[0] for definition in self.columns)
+        return tuple(column_name(definition) for definition in self.columns)
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from consuming import consume_until
 
 import runstream
 from runstream.analysis import curation
@@ -307,14 +307,6 @@ def test_a_consumer_killed_after_the_delete_before_its_commit_deletes_again_and_
     assert _read_counts(dsn, survivor) == survivor_before
 
 
-def consume_until(service: ConsumerService, events: int, timeout: float = 90.0) -> Any:
-    stop = threading.Event()
-    timer = threading.Timer(timeout, stop.set)
-    timer.start()
-    try:
-        return service.run(stop, stop_when=lambda s: s.events + s.dead_letters >= events)
-    finally:
-        timer.cancel()
 
 
 @pytest.mark.integration

@@ -6,12 +6,12 @@ import random
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from consuming import consume_until
 
 import runstream
 from runstream.consumer import ClickHouseSink, ConsumerService, ConsumerSettings
@@ -26,14 +26,6 @@ STEPS = 400
 METRICS = ("loss", "acc", "lr")
 
 
-def consume_until(service: ConsumerService, events: int, timeout: float = 60.0) -> Any:
-    stop = threading.Event()
-    timer = threading.Timer(timeout, stop.set)
-    timer.start()
-    try:
-        return service.run(stop, stop_when=lambda s: s.events + s.dead_letters >= events)
-    finally:
-        timer.cancel()
 
 
 def produce_fleet(kafka: str, prefix: str) -> tuple[dict[str, dict[str, list[float]]], int]:
