@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from databases import fresh_database_dsn
+from headless_browser import dump_dom
 from logged_runs import log_run
 
 import runstream
@@ -452,11 +453,7 @@ def test_report_renders_its_plots_in_headless_chromium(dsn: str, tmp_path: Path,
     page = out.read_text()
     assert "<svg" not in page, "the plots are drawn by the page's script, so finding them proves it ran"
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
-    done = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--dump-dom", out.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
+    done = dump_dom(browser, out, tmp_path / "profile")
     dom = done.stdout
     assert 'data-rendered="yes"' in dom, done.stderr[-2000:]
     assert '<div id="errors"></div>' in dom, "the page's script reported an error"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from databases import fresh_database_dsn
+from headless_browser import dump_dom
 
 import runstream
 from runstream.analysis import queries
@@ -272,11 +272,7 @@ def test_report_has_a_group_section_with_the_aggregates(db: tuple[Any, str], dsn
     out = tmp_path / "report.html"
     assert main(["report", "--project", "vision", "--out", str(out), "--clickhouse", dsn]) == 0
     capsys.readouterr()
-    done = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--dump-dom", out.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
+    done = dump_dom(browser, out, tmp_path / "profile")
     dom = done.stdout
     assert 'data-rendered="yes"' in dom and '<div id="errors"></div>' in dom, done.stderr[-2000:]
     # one band chart per (group, metric): seeds-lr3e-4 logged loss and acc, seeds-lr1e-3 too
