@@ -205,13 +205,23 @@ def runs(client: Any, db: str, *, project: str | None = None, where: str | None 
                       + ([condition] if condition else []))
         parameters = {**translator.parameters, **status_now, "project": project or "",
                       **{name: value for name, value in (("group", group), ("sweep", sweep)) if value is not None}}
+        # The honest status joins every run's last heartbeat (~7 ms at 100 runs, measured): only a filter or
+        # sort on status pays it in the query; otherwise the summary is read alone and the few runs it says
+        # are running get their honest status (stalled, lost) from a second, small query.
+        on_status = "status" in (condition or "") or "status" in order
+        source = f"({run_status_sql(db)})" if on_status else f"{db}.run_summary FINAL"
         sql = (
             f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours, "  # noqa: S608
             f"run_group, job_type, sweep "
-            f"FROM ({run_status_sql(db)}) WHERE {' AND '.join(conditions)} "
+            f"FROM {source} WHERE {' AND '.join(conditions)} "
             f"ORDER BY {f'{order}, ' if order else ''}started_at, run_id" + (f" LIMIT {int(limit)}" if limit else "")
         )
-        return _rows(client, sql, parameters)
+        found = _rows(client, sql, parameters)
+        if on_status:
+            return found
+        honest = honest_statuses(client, db, [row[0] for row in found if row[3] == "running"], now=now,
+                                 stall_after_s=stall_after_s)
+        return [(*row[:3], honest.get(row[0], row[3]), *row[4:]) for row in found]
 
     def same(a: tuple[Translator, str | None, str], b: tuple[Translator, str | None, str]) -> bool:
         return (a[1], a[2], a[0].parameters) == (b[1], b[2], b[0].parameters)

@@ -82,8 +82,12 @@ def compare_project(client: Any, database: str, project: str, run_ids: list[str]
         metrics.setdefault(run_id, {})[metric] = (final, best)
         names.add(metric)
     gpu_hours = {run_id: hours for run_id, hours in gpu_rows}
-    # the status every command shows: the latest attempt's end, else running, stalled or lost
-    statuses = honest_statuses(client, database, [run_id for run_id, _ in runs])
+    # the status every command shows: the latest attempt's end (the summary's), else running, stalled or lost
+    summary = client.query(f"SELECT run_id, status FROM {database}.run_summary FINAL "  # noqa: S608
+                           "WHERE has({ids:Array(String)}, run_id)",
+                           parameters={"ids": [run_id for run_id, _ in runs]}).result_rows
+    statuses = dict(summary)
+    statuses.update(honest_statuses(client, database, [run_id for run_id, status in summary if status == "running"]))
 
     ordered = sorted(names)
     columns = ["run", "params"]
