@@ -195,8 +195,10 @@ class Run:
         return (last if last >= 0 else None), self._last_step_us
 
     def _emit_heartbeat(self, record: dict[str, Any]) -> None:
+        # Never waits for room: a heartbeat is a few dozen bytes every interval, and its thread must not
+        # sit in a full queue's wait while a SIGTERM handler finishes the run (it joins this thread).
         if not self.finished:
-            self._worker.put(("event", "run_heartbeat", self.run_id, record))
+            self._worker.put(("event", "run_heartbeat", self.run_id, record), bounded=False)
 
     def _emit_system_sample(self, samples: list[dict[str, Any]], host: dict[str, Any]) -> None:
         if not self.finished:

@@ -109,7 +109,7 @@ def terminate_and_time(child: subprocess.Popen[str]) -> tuple[float, str, str]:
 def consume_until_finished(kafka: str, dsn: str, prefix: str) -> Any:
     service = ConsumerService(ConsumerSettings(kafka=kafka, clickhouse=dsn, topic_prefix=prefix))
     stop = threading.Event()
-    timer = threading.Timer(90, stop.set)
+    timer = threading.Timer(180, stop.set)  # 150,000 points first, on a machine loaded by other test workers
     timer.start()
     db = service.sink.database
 
