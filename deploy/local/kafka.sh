@@ -218,6 +218,17 @@ broker_pid() {
 
 broker_running() { broker_pid "$1" >/dev/null; }
 
+# A broker this call launched is still starting while its pid lives and is not a zombie. Its cmdline is
+# not yet the broker's until the background shell has exec'd java (a window a loaded machine widens), so
+# start-up cannot use broker_running; the pid is our own unreaped child, so it cannot be recycled.
+launched_alive() {
+  local pid state
+  pid="$(cat "$(broker_dir "$1")/kafka.pid" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  state="$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*$/\1/p' "/proc/$pid/stat" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 broker_port() {
   # broker_port ID LISTENER: the port of that listener from the broker's server.properties
   sed -n "s|^listeners=.*$2://127.0.0.1:\([0-9]*\).*$|\1|p" "$(broker_dir "$1")/server.properties"
@@ -380,7 +391,7 @@ wait_brokers() {
   while true; do
     pending=""
     for id in "$@"; do
-      if ! broker_running "$id"; then
+      if ! launched_alive "$id"; then
         cluster_log_tails
         for started in "$@"; do stop_broker "$started"; done
         die "broker $id exited during start-up"
