@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from runstream.consumer.column_checks import TableChecks, Violation, build_checks
 from runstream.consumer.lifecycle_tables import LIFECYCLE_EVENT_TABLES
+from runstream.consumer.metric_tables import METRIC_EVENT_TABLES
 from runstream.consumer.migrations import FACT_TABLES
 from runstream.consumer.monitoring_tables import DRIFT_TABLES
 from runstream.consumer.run_projects import SINK_FILLED_COLUMNS
@@ -37,7 +38,7 @@ MAX_FUTURE_US = 24 * 3600 * 1_000_000  # an event dated more than a day ahead is
 #: The columns the sink fills (the raw rows' project: consumer/run_projects.py) are not the batch's.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     table.name: tuple(name for name in table.column_names if name not in SINK_FILLED_COLUMNS.get(table.name, ()))
-    for table in (*FACT_TABLES, *DRIFT_TABLES, *LIFECYCLE_EVENT_TABLES)
+    for table in (*FACT_TABLES, *DRIFT_TABLES, *LIFECYCLE_EVENT_TABLES, *METRIC_EVENT_TABLES)
 }
 
 
@@ -500,6 +501,68 @@ class Batch:
             ("deleted", r["deleted"]), ("event_id", r["event_id"]),
         ):
             cols[name].append(value)
+
+    def _add_rank_metric_steps(self, r: dict[str, Any], now_us: int) -> None:
+        label = f"rank_metric_steps of run {r['run_id']} rank {r['rank']}"
+        names = r["metric_names"]
+        index = np.asarray(r["metric_index"], dtype=np.int64)
+        steps = np.asarray(r["steps"], dtype=np.int64)
+        values = np.asarray(r["values"], dtype=np.float64)
+        times = np.asarray(r["times_us"], dtype=np.int64)
+        n = len(steps)
+        if not (len(index) == len(values) == len(times) == n):
+            raise InvalidEvent("ragged_columns", f"{label}: column lengths differ (steps {n}, metric_index "
+                                                 f"{len(index)}, values {len(values)}, times_us {len(times)})")
+        if n and int(steps.min()) < 0:
+            raise InvalidEvent("negative_step", f"{label}: step {int(steps.min())} < 0")
+        if n and (int(index.min()) < 0 or int(index.max()) >= len(names)):
+            raise InvalidEvent("bad_metric_index", f"{label}: metric_index outside 0..{len(names) - 1}")
+        if n and int(times.max()) > now_us + MAX_FUTURE_US:
+            raise InvalidEvent("future_timestamp", f"{label}: a point is in the future")
+        cols = self.columns["rank_metric_points"]
+        cols["run_id"].extend([r["run_id"]] * n)
+        cols["metric"].extend([names[i] for i in index.tolist()])
+        cols["step"].extend(steps.tolist())
+        cols["rank"].extend([r["rank"]] * n)
+        cols["node"].extend([r["node"]] * n)
+        cols["value"].extend(values.tolist())
+        cols["time"].extend(times.tolist())
+        cols["attempt"].extend([r.get("attempt", 1)] * n)
+
+    def _add_metric_histogram(self, r: dict[str, Any], _now: int) -> None:
+        label = f"metric_histogram {r['metric']!r} of run {r['run_id']} at step {r['step']}"
+        edges, counts = r["edges"], r["counts"]
+        if len(edges) != len(counts) + 1:
+            raise InvalidEvent("bad_histogram_bins", f"{label}: {len(edges)} edges for {len(counts)} counts "
+                                                     "(edges must be one more than counts)")
+        edge_array = np.asarray(edges, dtype=np.float64)
+        if not np.isfinite(edge_array).all() or (len(edges) > 1 and not (np.diff(edge_array) > 0).all()):
+            raise InvalidEvent("bad_histogram_edges", f"{label}: edges must be finite and strictly increasing")
+        if r["step"] < 0:
+            raise InvalidEvent("negative_step", f"{label}: step {r['step']} < 0")
+        cols = self.columns["metric_histograms"]
+        for name, value in (
+            ("run_id", r["run_id"]), ("metric", r["metric"]), ("step", r["step"]), ("rank", r["rank"]),
+            ("node", r["node"]), ("time", r["time_us"]), ("edges", edges), ("counts", counts),
+            ("nan_count", r["nan_count"]), ("neg_inf_count", r["neg_inf_count"]),
+            ("pos_inf_count", r["pos_inf_count"]), ("attempt", r.get("attempt", 1)),
+        ):
+            cols[name].append(value)
+
+    def _add_metric_definitions(self, r: dict[str, Any], _now: int) -> None:
+        cols = self.columns["metric_definitions"]
+        for definition in r["definitions"]:
+            goal = definition["goal"] or ""
+            if goal not in ("", "min", "max"):
+                raise InvalidEvent("bad_metric_goal", f"metric_definitions of run {r['run_id']}: metric "
+                                                      f"{definition['metric']!r} has goal {goal!r}, not min or max")
+        for definition in r["definitions"]:
+            for name, value in (
+                ("run_id", r["run_id"]), ("metric", definition["metric"]), ("goal", definition["goal"] or ""),
+                ("summary", definition["summary"]), ("step_metric", definition["step_metric"] or ""),
+                ("defined_at", r["timestamp_us"]),
+            ):
+                cols[name].append(value)
 
     def _add_drift_reference(self, r: dict[str, Any], _now: int) -> None:
         cols = self.columns["drift_references"]

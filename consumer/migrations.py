@@ -45,6 +45,7 @@ from typing import Any
 
 from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBOARD, RUN_OVERVIEW
 from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES, RUN_LIFECYCLE_COLUMNS
+from runstream.consumer.metric_tables import METRIC_EVENT_TABLES
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
 from runstream.consumer.retention import RETENTION_RULES
 from runstream.consumer.rollup_merges import merged_columns
@@ -558,7 +559,8 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS + (
 RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
 TABLES: tuple[Table, ...] = (FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
-                             + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES + (RETENTION_RULES,))
+                             + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES + (RETENTION_RULES,)
+                             + METRIC_EVENT_TABLES)
 VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS
 
 
@@ -704,6 +706,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         + tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in LIFECYCLE_TABLES)
         + (create_table_sql(RETENTION_RULES, f"{_DB}.{RETENTION_RULES.name}"),)
         + (LIFECYCLE_BACKFILL_SQL,),
+    ),
+    Migration(
+        9,
+        "richer metrics: every rank's points, histograms, declared metric goals and axes",
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in METRIC_EVENT_TABLES),
     ),
 )
 

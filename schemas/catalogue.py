@@ -21,10 +21,13 @@ from runstream.schemas.fingerprint import fingerprint_bytes
 #: Event types of contract v1, in the order a run emits them. New types are added at the end.
 #: drift_reference (training time) and prediction_samples (serving) feed drift monitoring;
 #: run_heartbeat says a run's process is alive; run_curation carries tags, notes, archive and delete
-#: after the fact (its topic is compacted by run id: `CURATION_EVENT_TYPE`).
+#: after the fact (its topic is compacted by run id: `CURATION_EVENT_TYPE`); rank_metric_steps (every
+#: rank's points, `log_all_ranks`), metric_histogram and metric_definitions (declared goals, summaries and
+#: x-axes) carry the richer metrics, each on its own topic.
 EVENT_TYPES = (
     "run_started", "metric_steps", "gpu_samples", "run_finished", "run_updated", "drift_reference",
-    "prediction_samples", "run_heartbeat", "run_curation",
+    "prediction_samples", "run_heartbeat", "run_curation", "rank_metric_steps", "metric_histogram",
+    "metric_definitions",
 )
 
 #: How a run's attempt can end (`run_finished.status`): `pruned` is a trial a hyperparameter search stopped

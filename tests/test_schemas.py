@@ -62,6 +62,14 @@ def sample(event_type: str) -> dict[str, object]:
                         "host_cpu_pct": 12.5, "host_memory_used_bytes": 5, "host_memory_total_bytes": 10,
                         "process_rss_bytes": 3, "attempt": 1},
         "run_finished": {"status": "ok", "exit_code": 0, "error": None, "summary": {"loss": 0.1}, "attempt": 2},
+        "rank_metric_steps": {"rank": 3, "node": "gpu-node-1", "metric_names": ["step_time"], "metric_index": [0, 0],
+                              "steps": [1, 2], "values": [0.25, float("-inf")], "times_us": [1, 2], "attempt": 1},
+        "metric_histogram": {"rank": 0, "node": "h", "metric": "grad/norm", "step": 9, "time_us": 1,
+                             "edges": [0.0, 1.0, 2.0], "counts": [4, 1], "nan_count": 1, "neg_inf_count": 0,
+                             "pos_inf_count": 2, "attempt": 1},
+        "metric_definitions": {"attempt": 1, "definitions": [
+            {"metric": "val/loss", "goal": "min", "summary": ["min", "last"], "step_metric": "epoch"},
+            {"metric": "lr", "goal": None, "summary": [], "step_metric": None}]},
     }
     return {**common, **bodies[event_type]}
 
