@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runstream.analysis import curation, curves
+from runstream.analysis import curation, curves, export, histograms, ranks
 from runstream.analysis.filters import ATTRIBUTES
 from runstream.consumer.clickhouse_settings import add_clickhouse_option
 from runstream.output import FORMATS, dumps_json, render
@@ -34,7 +34,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 _WHERE_HELP = """\
 filter, e.g. "params.lr < 0.01 and metrics.acc > 0.9". Fields: params.KEY, metrics.NAME (final
-value), best.NAME (best value: min for loss-like names, else max), tags.KEY,
+value), best.NAME (best value: the declared goal, else min for loss-like names, else max), tags.KEY,
 {fields}. Operators: = != < <= > >=,
 in (...), not in (...), like 'pat%%', is [not] null, and, or, not, parentheses. Values are numbers,
 'quoted strings', true, false. A run lacking the field never matches. A name with characters
@@ -68,7 +68,8 @@ def add_parsers(commands: Any) -> None:
     compare = commands.add_parser(
         "compare", help="params and metrics of runs side by side, differences marked",
         description="Params side by side, rows where the runs differ marked '*' in the differs column, then "
-        "each metric at its final step and at its best step (min for loss-like names, else max).")
+        "each metric at its final step and at its best step (the declared goal, else min for loss-like names, "
+        "else max).")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run id or (unique) run name")
     compare.add_argument("--metric", action="append", default=None, metavar="M",
                          help="only this metric (repeatable; default: all)")
@@ -82,7 +83,8 @@ def add_parsers(commands: Any) -> None:
     best.add_argument("--project", required=True)
     best.add_argument("--metric", required=True, metavar="M")
     best.add_argument("--mode", choices=("min", "max"), default=None,
-                      help="min or max is best (default: min for loss-like names such as loss, error, mse; else max)")
+                      help="min or max is best (default: the goal declared with define_metric, else min for loss-like "
+                           "names such as loss, error, mse; else max)")
     best.add_argument("--limit", type=int, default=10, help="show this many runs (default %(default)s; 0: all)")
     best.add_argument("--archived", action="store_true", help="rank archived runs too (runstream archive)")
     _common(best)
@@ -95,7 +97,8 @@ def add_parsers(commands: Any) -> None:
     importance.add_argument("--project", required=True)
     importance.add_argument("--metric", required=True, metavar="M")
     importance.add_argument("--mode", choices=("min", "max"), default=None,
-                            help="which best value of each run to use (default: min for loss-like names, else max)")
+                            help="which best value of each run to use (default: the declared goal, else min for "
+                                 "loss-like names, else max)")
     _common(importance)
 
     reproduce = commands.add_parser(
@@ -119,7 +122,11 @@ def add_parsers(commands: Any) -> None:
     report.add_argument("--mode", choices=("min", "max"), default=None)
     report.add_argument("--price-per-gpu-hour", type=float, default=2.0, metavar="USD",
                         help="for the cost column (default %(default)s)")
-    report.add_argument("--points", type=int, default=500, help="points per curve (default %(default)s)")
+    report.add_argument("--points", type=int, default=500,
+                        help="buckets per curve, each drawn with its min, max and last (default %(default)s)")
+    report.add_argument("--x", default=None, metavar="AXIS",
+                        help="curves' x-axis: step, time, relative or a logged metric (default: each metric's "
+                        "declared step_metric, else step)")
     _common(report)
 
     lineage = commands.add_parser(
@@ -135,6 +142,9 @@ def add_parsers(commands: Any) -> None:
 
     curation.add_parsers(commands)  # tag, note, archive, delete
     curves.add_parsers(commands)  # curve
+    histograms.add_parsers(commands)  # histograms
+    ranks.add_parsers(commands)  # ranks, stragglers
+    export.add_parsers(commands)  # export
 
 
 def clickhouse_error_line(error: BaseException) -> str:
@@ -270,13 +280,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from runstream.analysis.report import write_report
 
-    if args.points < 3:
-        raise ValueError(f"--points: expected at least 3 points per curve, got {args.points}")
+    if args.points < 1:
+        raise ValueError(f"--points: expected at least 1 bucket per curve, got {args.points}")
     out = args.out or Path(f"report-{args.project}.html")
     with Stages("runstream report", show=args.progress) as progress:
         client, db = _open(args, progress)
         path = write_report(client, db, args.project, out, metric=args.metric, mode=args.mode,
-                            price_per_gpu_hour=args.price_per_gpu_hour, points=args.points, step=progress.step)
+                            price_per_gpu_hour=args.price_per_gpu_hour, points=args.points, x=args.x,
+                            step=progress.step)
     size = path.stat().st_size
     _print(["report", "project", "bytes"], [[str(path.resolve()), args.project, size]], args.format)
     return 0
@@ -308,4 +319,7 @@ COMMANDS: dict[str, Handler] = {
     "lineage": cmd_lineage,
     **{name: clickhouse_errors(handler) for name, handler in curation.COMMANDS.items()},
     **{name: clickhouse_errors(handler) for name, handler in curves.COMMANDS.items()},
+    **{name: clickhouse_errors(handler) for name, handler in histograms.COMMANDS.items()},
+    **{name: clickhouse_errors(handler) for name, handler in ranks.COMMANDS.items()},
+    **{name: clickhouse_errors(handler) for name, handler in export.COMMANDS.items()},
 }

@@ -121,19 +121,24 @@ class Client:
         return _frame(queries.Table(columns, [[row[c] for c in columns] for row in rows]), output)
 
     def metric_history(self, runs: str | list[str], metrics: str | list[str], *, points: int | None = None,
-                       output: Output = "pandas") -> Any:
-        """Long form: run_id, run name, metric, step, value. `points` downsamples each curve in ClickHouse
-        (largestTriangleThreeBuckets; NaN/Inf dropped); without it every stored point comes back."""
+                       x: str | None = None, output: Output = "pandas") -> Any:
+        """Long form: run_id, run name, metric, and per point step and value; `points` cuts each curve into at
+        most that many buckets in ClickHouse and gives per bucket x, last_x, min, max, last and the count of
+        points, NaN, +Inf and -Inf among them (spikes kept; runstream.analysis.curves). `x`: step, time,
+        relative (seconds since the run's first point) or a logged metric such as tokens (run.log(axes=...));
+        default each metric's declared step_metric, else the step. Without points, every stored point."""
+        from runstream.analysis.curves import curve_axes
+
         refs = [runs] if isinstance(runs, str) else list(runs)
         names = [metrics] if isinstance(metrics, str) else list(metrics)
         resolved = queries.resolve_runs(self.client, self.database, refs)
         ids = [run_id for run_id, _ in resolved]
-        if not points and output == "arrow":  # the raw points straight from ClickHouse, no Python rows
+        if not points and output == "arrow" and set(curve_axes(self.client, self.database, ids, names, x)) == {"step"}:
             sql = (f"SELECT run_id, metric, step, value FROM {self.database}.metric_points FINAL "  # noqa: S608
                    "WHERE run_id IN {runs:Array(String)} AND metric IN {metrics:Array(String)} "
-                   "ORDER BY run_id, metric, step")
+                   "ORDER BY run_id, metric, step")  # the raw points straight from ClickHouse, no Python rows
             return self.client.query_arrow(sql, parameters={"runs": ids, "metrics": names})
-        table = queries.metric_history(self.client, self.database, ids, names, points=points)
+        table = queries.metric_history(self.client, self.database, ids, names, points=points, x=x)
         run_names = dict(resolved)
         named = queries.Table([table.columns[0], "name", *table.columns[1:]],
                               [[row[0], run_names.get(row[0]), *row[1:]] for row in table.rows])
@@ -204,14 +209,72 @@ class Client:
         return curation.curate_via(self.client, self.database, run, "delete", kafka=kafka, wait=wait)
 
     def curve(self, run: str | None = None, metrics: Sequence[str] | None = None, *, attempts: bool = False,
-              group: str | None = None, project: str | None = None, output: Output = "pandas") -> Any:
+              group: str | None = None, project: str | None = None, points: int | None = None,
+              x: str | None = None, output: Output = "pandas") -> Any:
         """`runstream curve`: a run's curve (metric, step, value, source_run_id; a fork's starts with its
         parent's), every attempt's value of each step (`attempts=True`: metric, step, attempt, value,
-        shown_attempt), or a group's per-step mean/min/max/count (`group=`)."""
+        shown_attempt), or a group's per-step mean/min/max/count (`group=`). With `points` or `x`: the
+        run's own points against x, in at most `points` buckets with min/max/last (as `metric_history`)."""
         from runstream.analysis.curves import curve
 
         return _frame(curve(self.client, self.database, run, metrics=metrics, attempts=attempts, group=group,
-                            project=project), output)
+                            project=project, points=points, x=x), output)
+
+    def histograms(self, run: str, metric: str | None = None, rank: int | None = None, *,
+                   step: int | None = None) -> list[dict[str, Any]]:
+        """The run's histograms (`Run.log_histogram`), by metric, step and rank, one dict each: run_id,
+        metric, step, rank, node, time, attempt, edges, counts (finite values per bin) and nan_count,
+        neg_inf_count, pos_inf_count; `metric`, `rank`, `step` keep only those (runstream.analysis.histograms)."""
+        from runstream.analysis.histograms import histograms
+
+        return histograms(self.client, self.database, run, metric=metric, rank=rank, step=step)
+
+    def rank_spread(self, run: str, metric: str = "step_time", *, by_rank: bool = False, project: str | None = None,
+                    output: Output = "pandas") -> Any:
+        """A run logged from every rank (`log_all_ranks`): per step, ranks, min, median, max, max_rank and max_node
+        across its ranks' finite values of `metric`; `by_rank=True`: per rank, its median, the run's median
+        and their ratio (runstream.analysis.ranks)."""
+        from runstream.analysis import ranks
+
+        query = ranks.rank_summary if by_rank else ranks.rank_spread
+        return _frame(query(self.client, self.database, run, metric, project=project), output)
+
+    def stragglers(self, project: str | None = None, metric: str = "step_time", *, output: Output = "pandas") -> Any:
+        """Per run logged from every rank: its slowest rank (highest median of `metric`), node, median, the
+        run's median and their ratio, the most skewed run first (`runstream stragglers`)."""
+        from runstream.analysis import ranks
+
+        return _frame(ranks.stragglers(self.client, self.database, project, metric), output)
+
+    def points_arrow(self, runs: str | Sequence[str] | None = None, metrics: str | Sequence[str] | None = None, *,
+                     project: str | None = None, where: str | None = None, include_archived: bool = False) -> pa.Table:
+        """Every stored point, full resolution, as Arrow: run_id, metric, step, value, time, attempt (a step
+        logged again keeps its latest value), exactly what `export` writes to its points file. `runs` (ids or
+        unique names), else the runs of `project` matching `where`, as `runs()` lists them."""
+        from runstream.analysis import export
+
+        if runs is not None:
+            refs = [runs] if isinstance(runs, str) else list(runs)
+            ids = [run_id for run_id, _ in queries.resolve_runs(self.client, self.database, refs, project)]
+        else:
+            listed = export.selected_runs(self.client, self.database, project=project, where=where,
+                                          include_archived=include_archived)
+            ids = [row[0] for row in listed.rows]
+        names = None if metrics is None else ([metrics] if isinstance(metrics, str) else list(metrics))
+        return export.points_arrow(self.client, self.database, ids, names)
+
+    def export(self, out: str | Path, project: str | None = None, *, where: str | None = None,
+               format: str = "parquet", partition_by: str | None = None, overwrite: bool = False,
+               include_archived: bool = False, progress: bool | None = False) -> Any:
+        """`runstream export`: the runs of `project` matching `where`, their params and every point (and
+        histograms, other ranks' points, declared metrics) as parquet, csv or jsonl files under `out`, one
+        per table or one folder per run (`partition_by="run"`). Returns what was written
+        (runstream.analysis.export.ExportSummary: files, rows, bytes)."""
+        from runstream.analysis import export
+
+        return export.export(self.client, self.database, out, project=project, where=where, fmt=format,
+                             partition_by=partition_by, overwrite=overwrite, include_archived=include_archived,
+                             progress=progress)
 
     def sql(self, query: str, parameters: dict[str, Any] | None = None, *, output: Output = "pandas") -> Any:
         """Any SQL over the tables and views (see docs/sql.md); values belong in `parameters`."""

@@ -30,6 +30,7 @@ from runstream.analysis.queries import (
     vocabulary,
 )
 from runstream.monitoring.finite_values import finite_sql, ranks
+from runstream.monitoring.metric_direction import declared_goals
 
 NOTE = ("Correlation across existing runs, not causation: params varied together cannot be told apart, "
         "and an unvaried param shows nothing. Spearman rho for numeric params (sign: the metric rises with "
@@ -196,7 +197,8 @@ def importance(client: Any, db: str, project: str, metric: str, mode: str | None
                row_read_runs: int = ROW_READ_RUNS) -> Table:
     """One row per param, strongest association first (|rho| or eta²). `row_read_runs`: up to how many
     runs the per-run read is used (ROW_READ_RUNS; the answer is the same either way)."""
-    mode = check_mode(mode, metric)
+    # which best of each run: `mode`, else the metric's declared goal, else the name rule
+    mode = check_mode(mode, metric, declared_goals(client, db, [metric]) if mode is None else None)
     found, left_out = _param_arrays(client, db, project, metric, mode, row_read_runs)
     if not found and not left_out:  # say why: a typo in the project or metric reads better than an empty table
         check_project(client, db, project)

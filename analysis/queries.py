@@ -26,7 +26,7 @@ from runstream.analysis.filters import (
     translate,
     vocabulary_from_rows,
 )
-from runstream.monitoring.metric_direction import lower_is_better
+from runstream.monitoring.metric_direction import declared_best_sql, declared_goals, goal_of
 from runstream.monitoring.run_status import honest_statuses, run_status_sql, status_parameters
 
 MODES = ("min", "max")
@@ -66,14 +66,16 @@ def _rows(client: Any, sql: str, parameters: dict[str, Any]) -> list[Any]:
     return list(client.query(sql, parameters=parameters).result_rows)
 
 
-def default_mode(metric: str) -> str:
-    """min for loss-like metrics (runstream.monitoring.metric_direction), else max."""
-    return "min" if lower_is_better(metric) else "max"
+def default_mode(metric: str, declared: dict[str, str] | None = None) -> str:
+    """The declared goal (`declared`: from runstream.monitoring.metric_direction.declared_goals), else
+    min for loss-like metrics, else max."""
+    return goal_of(metric, declared)
 
 
-def check_mode(mode: str | None, metric: str) -> str:
+def check_mode(mode: str | None, metric: str, declared: dict[str, str] | None = None) -> str:
+    """`mode` when given (it overrides a declared goal), else the metric's goal (`default_mode`)."""
     if mode is None:
-        return default_mode(metric)
+        return default_mode(metric, declared)
     if mode not in MODES:
         raise ValueError(f"mode: expected min or max, got {mode!r}")
     return mode
@@ -199,11 +201,13 @@ def runs(client: Any, db: str, *, project: str | None = None, where: str | None 
         raise ValueError(f"limit: expected a positive number of runs, got {limit}")
     status_now = status_parameters(now, stall_after_s)
     labels = _label_conditions(group=group, sweep=sweep)
+    # best (in the rows, the filter and the sort): each metric's declared goal, else the name rule
+    best, goal_parameters = declared_best_sql(declared_goals(client, db))
 
     def query(translator: Translator, condition: str | None, order: str) -> list[Any]:
         conditions = ([_PROJECT, *labels] + ([] if include_archived else [_NOT_ARCHIVED])
                       + ([condition] if condition else []))
-        parameters = {**translator.parameters, **status_now, "project": project or "",
+        parameters = {**translator.parameters, **status_now, **goal_parameters, "project": project or "",
                       **{name: value for name, value in (("group", group), ("sweep", sweep)) if value is not None}}
         # The honest status joins every run's last heartbeat (~7 ms at 100 runs, measured): only a filter or
         # sort on status pays it in the query; otherwise the summary is read alone and the few runs it says
@@ -211,7 +215,8 @@ def runs(client: Any, db: str, *, project: str | None = None, where: str | None 
         on_status = "status" in (condition or "") or "status" in order
         source = f"({run_status_sql(db)})" if on_status else f"{db}.run_summary FINAL"
         sql = (
-            f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, best, gpu_hours, "  # noqa: S608
+            f"SELECT run_id, run_name, project, status, started_at, params, params_num, final, "  # noqa: S608
+            f"{best if best == 'best' else f'{best} AS best'}, gpu_hours, "
             f"run_group, job_type, sweep "
             f"FROM {source} WHERE {' AND '.join(conditions)} "
             f"ORDER BY {f'{order}, ' if order else ''}started_at, run_id" + (f" LIMIT {int(limit)}" if limit else "")
@@ -324,7 +329,8 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
     rows = {r[0]: r for r in _rows(
         client,
         f"SELECT run_id, status, params, params_num, final, best, best_step, last_step, gpu_hours, "  # noqa: S608
-        f"fork_from, fork_step FROM {db}.run_summary FINAL WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
+        f"fork_from, fork_step, min_value, min_step, max_value, max_step "
+        f"FROM {db}.run_summary FINAL WHERE has({{ids:Array(String)}}, run_id)", {"ids": ids})}
     wanted = metrics or sorted({name for r in rows.values() for name in r[4]})
     for name in metrics or []:
         if not any(name in r[4] for r in rows.values()):
@@ -347,11 +353,13 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
     keys = sorted({key for i in ids for key in rows[i][2]})
     for key in keys:  # a param logged as None (NULL in the summary) and one never logged: both None, not differing
         add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key)) for i in ids])
+    declared = declared_goals(client, db, wanted)  # best: the declared goal's side, else the name rule's
     for name in wanted:
+        value, step = (11, 12) if default_mode(name, declared) == "min" else (13, 14)
         add(f"{name} final", [rows[i][4].get(name) for i in ids])
         add(f"{name} final step", [rows[i][7].get(name) for i in ids])
-        add(f"{name} best ({default_mode(name)})", [rows[i][5].get(name) for i in ids])
-        add(f"{name} best step", [rows[i][6].get(name) for i in ids])
+        add(f"{name} best ({default_mode(name, declared)})", [rows[i][value].get(name) for i in ids])
+        add(f"{name} best step", [rows[i][step].get(name) for i in ids])
     add("gpu_hours", [rows[i][8] or 0.0 for i in ids])
     return Table(["field", *labels, "differs"], out)
 
@@ -359,8 +367,9 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
 def leaderboard(client: Any, db: str, project: str, metric: str, mode: str | None = None,
                 limit: int | None = None, include_archived: bool = False) -> Table:
     """Runs ranked by their best value of `metric`; equal values rank by the earlier step reaching them.
+    Without `mode`, best is the metric's declared goal, else the name rule (runstream.monitoring.metric_direction).
     Archived runs are neither ranked nor counted as left out unless `include_archived`."""
-    mode = check_mode(mode, metric)
+    mode = check_mode(mode, metric, declared_goals(client, db, [metric]) if mode is None else None)
     hidden = "" if include_archived else f" AND {_NOT_ARCHIVED}"
     best, step = ("max_value", "max_step") if mode == "max" else ("min_value", "min_step")
     # The `leaderboard` view's ranking, read straight from run_summary: the rank is the row's place in
@@ -406,23 +415,14 @@ def left_out_note(metric: str, left_out: int) -> str:
 
 
 def metric_history(client: Any, db: str, run_ids: list[str], metrics: list[str],
-                   points: int | None = None) -> Table:
-    """Long form (run_id, metric, step, value). With `points`, each curve is downsampled to at most
-    that many points by largestTriangleThreeBuckets (non-finite values dropped); without, every point."""
-    out: list[list[Any]] = []
-    for metric in metrics:
-        if points:
-            if points < 3:
-                raise ValueError(f"points: expected at least 3 points per curve, got {points}")
-            sql = (f"SELECT run_id, step, value FROM {db}.metric_curve("  # noqa: S608
-                   "metric={metric:String}, runs={runs:Array(String)}, points={points:UInt64}) ORDER BY run_id, step")
-            rows = _rows(client, sql, {"metric": metric, "runs": run_ids, "points": points})
-        else:
-            sql = (f"SELECT run_id, step, value FROM {db}.metric_points FINAL "  # noqa: S608
-                   "WHERE metric = {metric:String} AND run_id IN {runs:Array(String)} ORDER BY run_id, step")
-            rows = _rows(client, sql, {"metric": metric, "runs": run_ids})
-        out.extend([run_id, metric, step, value] for run_id, step, value in rows)
-    return Table(["run_id", "metric", "step", "value"], out)
+                   points: int | None = None, x: str | None = None) -> Table:
+    """Long form curves (runstream.analysis.curves `history`): with `points`, each curve cut into at most
+    that many buckets with min, max and last per bucket and the NaN/±Inf points counted (spikes kept);
+    without, every point. `x`: step, time, relative or a logged metric (default: the declared step_metric,
+    else the step)."""
+    from runstream.analysis.curves import history
+
+    return history(client, db, run_ids, metrics, points=points, x=x)
 
 
 def gpu_hours(client: Any, db: str, run_ids: list[str]) -> dict[str, float]:

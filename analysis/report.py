@@ -1,8 +1,10 @@
 """`runstream report`: one self-contained HTML page about a project that opens offline.
 
 The page carries its data as JSON and a small inline script that draws SVG: metric curves
-overlaid per metric (downsampled in ClickHouse by the metric_curve view), parallel coordinates of
-params against a metric, and GPU-hours and cost per run. No CDN, no fonts, no network: the file
+overlaid per metric (cut into buckets in ClickHouse, each drawn as its last value inside a min-max
+band so one-step spikes stay visible, NaN/±Inf points marked: runstream.analysis.curves), parallel coordinates of
+params against a metric, the latest histogram of each metric per run (runstream.analysis.histograms),
+and GPU-hours and cost per run. No CDN, no fonts, no network: the file
 can be mailed or archived and still opens. Data is embedded with '<' escaped, and the script
 writes text with textContent only, so run names and params cannot inject markup.
 """
@@ -18,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from runstream.analysis.group_curves import project_groups
+from runstream.analysis.histograms import latest_histograms
 from runstream.analysis.queries import check_mode, check_project, leaderboard, left_out_note, metric_history, runs
+from runstream.monitoring.metric_direction import declared_goals
 
 CURVE_POINTS = 500
+#: The most histograms the report draws (the latest of each run and metric; `runstream histograms` lists all).
+HISTOGRAMS_DRAWN = 48
 
 
 def _finite(value: Any) -> Any:
@@ -32,7 +38,7 @@ def _finite(value: Any) -> Any:
 
 
 def collect(client: Any, db: str, project: str, *, metric: str | None = None, mode: str | None = None,
-            price_per_gpu_hour: float = 0.0, points: int = CURVE_POINTS,
+            price_per_gpu_hour: float = 0.0, points: int = CURVE_POINTS, x: str | None = None,
             step: Callable[[str], None] = lambda _label: None) -> dict[str, Any]:
     """The report's data: runs with params and metrics, downsampled curves, GPU-hours and cost."""
     check_project(client, db, project)
@@ -48,22 +54,30 @@ def collect(client: Any, db: str, project: str, *, metric: str | None = None, mo
         raise ValueError(f"metric {chosen!r}: no run of project {project!r} logged it "
                          f"(metrics: {', '.join(metrics) or 'none'})")
     run_ids = [r["run_id"] for r in records]
+    # per metric and run, per bucket: [x, last_x, min, max, last, count, nan_count, pos_inf_count, neg_inf_count]
     curves: dict[str, dict[str, list[list[Any]]]] = {}
+    axes: dict[str, str] = {}
     for name in metrics:
+        if name == x:
+            continue  # the axis against itself says nothing
         step(f"curve of {name}")
-        history = metric_history(client, db, run_ids, [name], points=points)
+        history = metric_history(client, db, run_ids, [name], points=points, x=x)
         per_run: dict[str, list[list[Any]]] = {}
-        for run_id, _metric, at, value in history.rows:
-            per_run.setdefault(run_id, []).append([at, value])
+        for run_id, _metric, axis, *bucket in history.rows:
+            axes.setdefault(name, axis)
+            per_run.setdefault(run_id, []).append([_x_number(bucket[0]), _x_number(bucket[1]), *bucket[2:]])
         curves[name] = per_run
     step("groups")
     groups = project_groups(client, db, project, points=points)  # mean, min-max band and count per step
+    step("histograms")
+    histograms = latest_histograms(client, db, run_ids)  # the latest of each (run, metric): Run.log_histogram
     ranking: list[dict[str, Any]] = []
     chosen_mode = None
     left_out = 0
     if chosen is not None:
         step("leaderboard")
-        chosen_mode = check_mode(mode, chosen)
+        # `mode`, else the declared goal, else the name rule (runstream.monitoring.metric_direction)
+        chosen_mode = check_mode(mode, chosen, declared_goals(client, db, [chosen]) if mode is None else None)
         board = leaderboard(client, db, project, chosen, chosen_mode)
         ranking, left_out = board.records(), board.left_out
     return {
@@ -85,16 +99,26 @@ def collect(client: Any, db: str, project: str, *, metric: str | None = None, mo
             }
             for r in records
         ],
-        "curves": {m: {run_id: [[s, _finite(v)] for s, v in pts] for run_id, pts in c.items()}
+        "curves": {m: {run_id: [[_finite(v) for v in bucket] for bucket in buckets] for run_id, buckets in c.items()}
                    for m, c in curves.items()},
+        "axes": axes,  # per metric: the x-axis its curves are drawn against (step, time, relative, a metric)
         "leaderboard": [{k: _finite(v) for k, v in row.items()} for row in ranking],
         # per group: runs, and per metric [step, mean, min, max, count] (finite values only; None: none finite)
         "groups": groups["groups"],
         "groups_more": groups["more"],
+        # per (run, metric) with histograms: the latest one (run, metric, step, rank, edges, counts,
+        # non_finite: its NaN/±Inf count, logged: how many the run logged); at most HISTOGRAMS_DRAWN
+        "histograms": histograms[:HISTOGRAMS_DRAWN],
+        "histograms_more": max(0, len(histograms) - HISTOGRAMS_DRAWN),
         # runs that logged the metric but never a finite value: not ranked (runstream.monitoring.finite_values)
         "left_out": left_out,
         "left_out_note": left_out_note(chosen, left_out) if chosen is not None else "",
     }
+
+
+def _x_number(value: Any) -> Any:
+    """A bucket's x for the page: the time axis as seconds since the epoch, the others as they are."""
+    return value.timestamp() if isinstance(value, datetime) else value
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -137,6 +161,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 <h2>Leaderboard</h2><div id="leaderboard"></div>
 <h2>Curves, overlaid per metric</h2><div class="plots" id="curves"></div>
 <h2>Groups: mean per step, min-max band</h2><div id="groups"></div>
+<h2>Histograms: the latest of each metric per run</h2><div class="plots" id="histograms"></div>
 <h2>Parallel coordinates: params against the metric</h2><div id="parallel"></div>
 <h2>GPU-hours and cost per run</h2><div id="gpu"></div>
 <script type="application/json" id="report-data">__DATA__</script>
@@ -184,15 +209,17 @@ window.addEventListener("error", function (e) {
   }
   function scale(d, r) { return function (v) { return r[0] + (v - d[0]) / (d[1] - d[0]) * (r[1] - r[0]); }; }
   // Both axes of a chart over steps, with five ticks each: box is the chart's size and margins.
-  function stepAxes(svg, box, ex, ey, x, y) {
+  function stepAxes(svg, box, ex, ey, x, y, label) {
     el("line", {x1: box.L, y1: box.H - box.B, x2: box.W - box.R, y2: box.H - box.B, stroke: "#999"}, svg);
     el("line", {x1: box.L, y1: box.T, x2: box.L, y2: box.H - box.B, stroke: "#999"}, svg);
     for (var i = 0; i <= 4; i++) {
       var vx = ex[0] + (ex[1] - ex[0]) * i / 4, vy = ey[0] + (ey[1] - ey[0]) * i / 4;
-      text(svg, x(vx), box.H - box.B + 14, fmt(Math.round(vx)), "middle");
+      text(svg, x(vx), box.H - box.B + 14, label === "time" ? new Date(vx * 1000).toISOString().slice(5, 16)
+           : fmt(label && label !== "step" ? vx : Math.round(vx)), "middle");
       text(svg, box.L - 4, y(vy) + 4, fmt(vy), "end");
     }
-    text(svg, (box.L + box.W - box.R) / 2, box.H - 4, "step", "middle");
+    text(svg, (box.L + box.W - box.R) / 2, box.H - 4, label === "relative" ? "seconds since the run's first point"
+         : label || "step", "middle");
   }
   function svgRoot(parent, w, h, label) {
     var svg = el("svg", {width: w, height: h, viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": label}, parent);
@@ -236,7 +263,10 @@ window.addEventListener("error", function (e) {
     document.getElementById("leaderboard").appendChild(leftOut);
   }
 
-  function lineChart(parent, metric, curves) {
+  // Each bucket [x, last_x, min, max, last, count, nan, +inf, -inf]: the finite min-max range as a band (a one-step
+  // spike is its bucket's min or max, so it shows at any bucket width), the last values as the line, and a
+  // marker under (NaN, -Inf) or over (+Inf) a bucket that held non-finite points, titled with their counts.
+  function lineChart(parent, metric, curves, axis) {
     var W = 460, H = 300, L = 56, R = 12, T = 12, B = 36;
     var fig = document.createElement("figure");
     var cap = document.createElement("figcaption"); cap.textContent = metric; fig.appendChild(cap);
@@ -244,13 +274,32 @@ window.addEventListener("error", function (e) {
     var svg = svgRoot(fig, W, H, "curves of " + metric);
     svg.setAttribute("class", "curve-plot");
     var xs = [], ys = [];
-    Object.keys(curves).forEach(function (id) { curves[id].forEach(function (p) { xs.push(p[0]); ys.push(p[1]); }); });
+    Object.keys(curves).forEach(function (id) {
+      curves[id].forEach(function (b) { xs.push(b[0], b[1]); ys.push(b[2], b[3], b[4]); });
+    });
     var x = scale(extent(xs), [L, W - R]), y = scale(extent(ys), [H - B, T]);
     var ex = extent(xs), ey = extent(ys);
-    stepAxes(svg, {W: W, H: H, L: L, R: R, T: T, B: B}, ex, ey, x, y);
+    stepAxes(svg, {W: W, H: H, L: L, R: R, T: T, B: B}, ex, ey, x, y, axis);
     Object.keys(curves).forEach(function (id) {
-      var pts = curves[id].filter(function (p) { return p[1] !== null; })
-        .map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); });
+      var banded = curves[id].filter(function (b) { return b[2] !== null; });
+      if (banded.length) {
+        var at = function (vx, vy) { return x(vx).toFixed(1) + "," + y(vy).toFixed(1); };
+        var top = banded.map(function (b) { return at(b[0], b[3]) + " " + at(b[1], b[3]); });
+        var bottom = banded.slice().reverse().map(function (b) { return at(b[1], b[2]) + " " + at(b[0], b[2]); });
+        el("polygon", {points: top.concat(bottom).join(" "), fill: color[id], "fill-opacity": 0.25,
+                       stroke: color[id], "stroke-opacity": 0.5, "stroke-width": 0.5, "class": "curve-band",
+                       "data-run": id}, svg);
+      }
+      curves[id].forEach(function (b) {
+        if (!(b[6] || b[7] || b[8])) { return; }
+        var mark = el("circle", {cx: x(b[0]).toFixed(1), cy: b[7] && !(b[6] || b[8]) ? T + 3 : H - B - 3, r: 3,
+                                 fill: "none", stroke: color[id], "class": "non-finite", "data-run": id}, svg);
+        var tip = el("title", {}, mark);
+        tip.textContent = (names[id] || id) + ": " + [[b[6], "NaN"], [b[7], "+Inf"], [b[8], "-Inf"]]
+          .filter(function (c) { return c[0]; }).map(function (c) { return c[0] + " " + c[1]; }).join(", ");
+      });
+      var pts = curves[id].filter(function (b) { return b[4] !== null; })
+        .map(function (b) { return x(b[1]).toFixed(1) + "," + y(b[4]).toFixed(1); });
       if (!pts.length) { return; }
       var line = el("polyline", {points: pts.join(" "), fill: "none", stroke: color[id], "stroke-width": 1.5,
                                  "data-run": id}, svg);
@@ -258,7 +307,7 @@ window.addEventListener("error", function (e) {
     });
   }
   var curvesDiv = document.getElementById("curves");
-  data.metrics.forEach(function (m) { lineChart(curvesDiv, m, data.curves[m] || {}); });
+  data.metrics.forEach(function (m) { if (data.curves[m]) { lineChart(curvesDiv, m, data.curves[m], data.axes[m]); } });
   var legend = document.createElement("p");
   data.runs.forEach(function (r) {
     var s = document.createElement("span"); s.style.color = color[r.id]; s.textContent = "\u25A0 " + r.name + "  ";
@@ -377,6 +426,43 @@ window.addEventListener("error", function (e) {
           runs.map(function (r) { return [r.name, r.status, r.gpu_hours, r.cost]; }), [false, false, true, true]);
   }
   gpu(document.getElementById("gpu"));
+  function histogramChart(parent, h) {
+    var W = 300, H = 170, L = 44, R = 10, T = 10, B = 30;
+    var fig = document.createElement("figure");
+    var cap = document.createElement("figcaption");
+    cap.textContent = (names[h.run_id] || h.run_id) + " \u00b7 " + h.metric + " at step " + h.step +
+      (h.rank ? " (rank " + h.rank + ")" : "");
+    fig.appendChild(cap); parent.appendChild(fig);
+    var svg = svgRoot(fig, W, H, "histogram of " + h.metric);
+    svg.setAttribute("class", "histogram-plot"); svg.setAttribute("data-run", h.run_id);
+    var edges = h.edges, counts = h.counts, top = Math.max.apply(null, counts.concat([1]));
+    var x = scale([edges[0], edges[edges.length - 1]], [L, W - R]), y = scale([0, top], [H - B, T]);
+    counts.forEach(function (c, i) {
+      if (c <= 0) { return; }
+      var bar = el("rect", {x: x(edges[i]).toFixed(2), y: y(c).toFixed(2), height: (H - B - y(c)).toFixed(2),
+                            width: Math.max(0.5, x(edges[i + 1]) - x(edges[i])).toFixed(2), fill: color[h.run_id],
+                            "data-count": c}, svg);
+      var tip = el("title", {}, bar); tip.textContent = "[" + fmt(edges[i]) + ", " + fmt(edges[i + 1]) + "): " + c;
+    });
+    el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999"}, svg);
+    text(svg, L, H - B + 14, fmt(edges[0]), "start");
+    text(svg, W - R, H - B + 14, fmt(edges[edges.length - 1]), "end");
+    text(svg, L - 4, T + 8, fmt(top), "end");
+    text(svg, L - 4, H - B, "0", "end");
+    if (h.non_finite) { text(svg, W - R, T + 8, "+ " + h.non_finite + " NaN/\u00b1Inf", "end"); }
+    text(svg, (L + W - R) / 2, H - 4, h.logged + " logged", "middle");
+  }
+  (function (parent) {
+    if (!data.histograms.length) {
+      parent.textContent = "no run of this project logged a histogram (run.log_histogram)"; return;
+    }
+    data.histograms.forEach(function (h) { histogramChart(parent, h); });
+    if (data.histograms_more) {
+      var more = document.createElement("p"); more.className = "note";
+      more.textContent = data.histograms_more + " more not drawn (runstream histograms RUN lists every one)";
+      parent.parentNode.insertBefore(more, parent.nextSibling);
+    }
+  })(document.getElementById("histograms"));
   document.body.setAttribute("data-rendered", "yes");
 })();
 """

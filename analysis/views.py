@@ -14,15 +14,21 @@ fact tables, the `metric_summary` rollup and the `run_summary` table, so they ho
   compact per-run summary `run_summary` (runstream.consumer.run_summary), which the consumer
   rewrites, exactly, for every run a batch touches.
 - `leaderboard(project, metric, mode)`: a parameterised view ranking a project's runs by the
-  best finite value of a metric (mode 'min' or 'max'); ties go to the run that got there at an
-  earlier step; runs without a finite value are left out.
-- `metric_curve(metric, runs, points)`: a parameterised view downsampling each run's curve to at
-  most `points` points with ClickHouse's largestTriangleThreeBuckets (which keeps the peaks a
-  plot needs, unlike a stride); NaN and ±Inf points are left out of the curve.
+  best finite value of a metric (mode 'min' or 'max'; since migration 9 mode '' ranks by the
+  metric's declared goal, else the name rule: runstream.monitoring.metric_direction); ties go to
+  the run that got there at an earlier step; runs without a finite value are left out.
+  Since migration 9 `run_overview`'s best maps follow the declared goals too.
+- `metric_curve(metric, runs, points)`: a parameterised view cutting each run's curve into at most
+  `points` buckets of its step range (migration 9; runstream.analysis.curves `bucketed_curve_sql`):
+  per bucket its last point (`step`, `value`: the columns the view always had), its `first_step`, the
+  `min` and `max` of its finite values and its point, NaN, +Inf and -Inf counts. So a one-step spike
+  up or down stays visible at any `points`, and non-finite points are counted, not dropped. Migrations
+  5 and 6 released it with largestTriangleThreeBuckets, which kept one point per bucket.
 """
 
 from __future__ import annotations
 
+from runstream.analysis.curves import bucketed_curve_sql
 from runstream.consumer.table_spec import View
 from runstream.monitoring.finite_values import (
     finite_max_sql,
@@ -32,6 +38,7 @@ from runstream.monitoring.finite_values import (
     step_of_min_sql,
 )
 from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
+from runstream.monitoring.metric_direction import best_map_sql, goal_sql
 
 # View selects name tables and views as {name} and carry ClickHouse query parameters as {{name:Type}}
 # (runstream.consumer.migrations.create_view_sql fills in the names).
@@ -213,6 +220,35 @@ ARRAY JOIN curve AS point
 """
 
 
+# Migration 9: the same ranking, where mode '' means the metric's declared goal (the latest declaration
+# across runs: the metric_goals rollup), else the name rule: runstream.monitoring.metric_direction.
+_LEADERBOARD_DECLARED = _LEADERBOARD_OF_SUMMARY.replace(
+    "        if({{mode:String}} = 'max', max_value",
+    "        if({{mode:String}} IN ('min', 'max'), {{mode:String}}, {declared_goal}) AS goal,\n"
+    "        if(goal = 'max', max_value",
+).replace("if({{mode:String}} = 'max'", "if(goal = 'max'").replace(
+    "{declared_goal}", goal_sql("{metric_goals}", "{{metric:String}}"))
+
+# Migration 9: run_overview's best and best_step maps by each metric's declared goal, else the name rule
+# (run_summary's own maps, written as points arrive, keep the name rule).
+_RUN_OVERVIEW_DECLARED = _RUN_OVERVIEW_OF_SUMMARY.replace(
+    " best, best_step,",
+    f" {best_map_sql('{metric_goals}')} AS best,\n"
+    f"    {best_map_sql('{metric_goals}', 'min_step', 'max_step')} AS best_step,")
+
+
+# Migration 9's metric_curve: the buckets of runstream.analysis.curves by step, with the columns the
+# view always had (step, value: each bucket's last point) first.
+_METRIC_CURVE_BUCKETS = """
+SELECT run_id, toInt64(x) AS first_step, toInt64(last_x) AS step, last AS value, min, max, count,
+       nan_count, pos_inf_count, neg_inf_count
+FROM ({buckets}
+)
+""".replace("{buckets}", bucketed_curve_sql("{metric_points}", runs="run_id IN {{runs:Array(String)}}",
+                                            metrics="metric = {{metric:String}}", buckets="{{points:UInt32}}",
+                                            axis=None))
+
+
 def _finite_rules(select: str) -> str:
     """Fill in the finite-value rule (runstream.monitoring.finite_values): the one definition of what ranks."""
     return (select.replace("{finite_min}", finite_min_sql()).replace("{finite_max}", finite_max_sql())
@@ -228,13 +264,18 @@ def _view(name: str, select: str) -> View:
 
 
 RUN_METRICS = _view("run_metrics", _RUN_METRICS)
-RUN_OVERVIEW = _view("run_overview", _RUN_OVERVIEW_OF_SUMMARY)
-LEADERBOARD = _view("leaderboard", _LEADERBOARD_OF_SUMMARY)
-METRIC_CURVE = _view("metric_curve", _METRIC_CURVE)
+#: As migration 7 released them (over run_summary, best by the name rule); migration 9 replaces them.
+RUN_OVERVIEW_V7 = _view("run_overview", _RUN_OVERVIEW_OF_SUMMARY)
+LEADERBOARD_V7 = _view("leaderboard", _LEADERBOARD_OF_SUMMARY)
+RUN_OVERVIEW = _view("run_overview", _RUN_OVERVIEW_DECLARED)
+LEADERBOARD = _view("leaderboard", _LEADERBOARD_DECLARED)
+METRIC_CURVE = _view("metric_curve", _METRIC_CURVE_BUCKETS)
 #: The views as migrations 5 and 6 released them (run_overview and leaderboard computed from run_metrics
-#: on every read); migration 7 replaces those two with the ones over `run_summary` above.
+#: on every read, metric_curve by largestTriangleThreeBuckets); migration 7 replaces the first two with
+#: the ones over `run_summary` above, migration 9 metric_curve with the buckets.
 RUN_OVERVIEW_V6 = _view("run_overview", _RUN_OVERVIEW)
 LEADERBOARD_V6 = _view("leaderboard", _LEADERBOARD)
-ANALYSIS_VIEWS_V6: tuple[View, ...] = (RUN_METRICS, RUN_OVERVIEW_V6, LEADERBOARD_V6, METRIC_CURVE)
+METRIC_CURVE_V6 = _view("metric_curve", _METRIC_CURVE)
+ANALYSIS_VIEWS_V6: tuple[View, ...] = (RUN_METRICS, RUN_OVERVIEW_V6, LEADERBOARD_V6, METRIC_CURVE_V6)
 #: In dependency order; run_overview and leaderboard read the `run_summary` table (migration 7).
 ANALYSIS_VIEWS: tuple[View, ...] = (RUN_METRICS, RUN_OVERVIEW, LEADERBOARD, METRIC_CURVE)

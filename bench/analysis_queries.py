@@ -24,6 +24,12 @@ writer, for a clean run and for one with a step delivered twice.
 The questions include "run list: the 100 newest runs" (`runs --sort -started_at --limit 100`): the
 first page of a run table.
 
+The curve overlay is timed twice: as released before issue 14 (largestTriangleThreeBuckets, one point per
+bucket: the `metric_curve` view of migrations 5-8) and as every path draws curves now (min, max and last per
+bucket, NaN/±Inf counted: runstream.analysis.curves). Then a probe database holds one run of 200,000 steps
+with a +1000 and a -1000 spike three steps apart (issue 14's case), and both ways say which spikes a 50- to
+20,000-point curve of it still shows.
+
 --mlflow (needs `pip install mlflow scipy`): a smaller project (--mlflow-runs x --mlflow-steps x
 --metrics, default 100 x 2,000 x 2 = 400,000 points) is generated the same way into a second
 database of the same chDB, then copied point for point into an MLflow sqlite store
@@ -47,8 +53,9 @@ from pathlib import Path
 from typing import Any
 
 from runstream.analysis import queries
+from runstream.analysis.curves import history
 from runstream.analysis.importance import eta_squared, importance
-from runstream.analysis.views import RUN_METRICS_FROM_POINTS_SQL
+from runstream.analysis.views import METRIC_CURVE_V6, RUN_METRICS_FROM_POINTS_SQL
 from runstream.consumer import ClickHouseSink
 from runstream.consumer.migrations import SUSPECT_PAIRS
 from runstream.consumer.run_summary import refresh, refresh_all
@@ -207,14 +214,21 @@ def overlay_runs(runs: int) -> list[str]:
 Question = tuple[str, Callable[[], Any], Callable[[Any], str]]
 
 
+def lttb_overlay(client: Any, db: str, run_ids: list[str], metric: str, points: int) -> list[Any]:
+    """The overlay as released before issue 14: the `metric_curve` view of migrations 5-8 (largest triangle
+    three buckets, one point per bucket, NaN/±Inf left out), its SQL run inline."""
+    select = METRIC_CURVE_V6.select.format(metric_points=f"{db}.metric_points")
+    return list(client.query(select, parameters={"metric": metric, "runs": run_ids, "points": points}).result_rows)
+
+
 def runstream_questions(client: Any, db: str, runs: int) -> list[Question]:
     overlay = overlay_runs(runs)
     return [
         ("leaderboard (best acc, top 10)", lambda: queries.leaderboard(client, db, PROJECT, "acc", "max", 10),
          lambda t: f"#1 {t.rows[0][2]} acc={t.rows[0][4]:.4f}"),
-        ("10-run curve overlay, 1,000 points each",
+        ("10-run curve overlay, 1,000 buckets each: min, max, last (spikes kept)",
          lambda: queries.metric_history(client, db, overlay, ["acc"], points=1000),
-         lambda t: f"{len(t.rows)} points"),
+         lambda t: f"{len(t.rows)} buckets"),
         (f"filter `{WHERE}`, sorted, limit 20",
          lambda: queries.runs(client, db, project=PROJECT, where=WHERE, sort="-metrics.acc", limit=20),
          lambda t: f"{len(t.rows)} runs"),
@@ -224,6 +238,41 @@ def runstream_questions(client: Any, db: str, runs: int) -> list[Question]:
          lambda: queries.runs(client, db, project=PROJECT, sort="-started_at", limit=100),
          lambda t: f"{len(t.rows)} runs"),
     ]
+
+
+LTTB_LABEL = "10-run curve overlay, 1,000 points each: largestTriangleThreeBuckets (before issue 14)"
+
+
+def lttb_question(client: Any, db: str, runs: int) -> Question:
+    return (LTTB_LABEL, lambda: lttb_overlay(client, db, overlay_runs(runs), "acc", 1000),
+            lambda rows: f"{len(rows)} points")
+
+
+def spike_recall(client: Any, dsn: str, base_db: str, steps: int = 200_000) -> str:
+    """One run of `steps` steps with a +1000 and a -1000 spike three steps apart mid-way, in a database of its
+    own: which of them a curve of 50 to 20,000 points shows, the old way (LTTB) and the bucketed way."""
+    db = f"{base_db}_spike_probe"
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    ClickHouseSink(dsn, client=client, database=db)  # migrated like the project's database
+    client.command(f"TRUNCATE TABLE {db}.metric_points")
+    up, down = steps // 2, steps // 2 + 3
+    client.command(
+        f"INSERT INTO {db}.metric_points (run_id, metric, step, value, time) "  # noqa: S608
+        f"SELECT 'probe', 'acc', number, multiIf(number = {up}, 1000, number = {down}, -1000, "
+        f"0.5 + (randCanonical() - 0.5) / 100), toDateTime64('2025-01-01 00:00:00', 6, 'UTC') "
+        f"+ toIntervalMillisecond(number * 100) FROM numbers({steps})")
+    seen = []
+    for points in (50, 500, 2000, 20_000):
+        if points >= steps:
+            continue
+        old = [value for _run, _step, value in lttb_overlay(client, db, ["probe"], "acc", points)]
+        new = history(client, db, ["probe"], ["acc"], points=points).rows
+        shown = [name for name, ok in (("+1000", 1000.0 in old), ("-1000", -1000.0 in old)) if ok]
+        kept = [name for name, ok in (("+1000", any(r[6] == 1000.0 for r in new)),
+                                      ("-1000", any(r[5] == -1000.0 for r in new))) if ok]
+        seen.append(f"{points:,} points: LTTB shows {' and '.join(shown) or 'neither'}, "
+                    f"min/max/last buckets show {' and '.join(kept) or 'neither'}")
+    return f"spikes +1000 and -1000 three steps apart in {steps:,} steps: " + "; ".join(seen)
 
 
 def time_all(questions: list[Question], repeat: int, side: str) -> list[tuple[str, float, Any, str]]:
@@ -319,36 +368,31 @@ def mlflow_leaderboard(ml: Any, experiment: str, metric: str, limit: int) -> lis
     return [(name, -value, step) for value, step, _, name in ranked[:limit]]
 
 
-def lttb(xs: list[float], ys: list[float], points: int) -> list[tuple[float, float]]:
-    """Largest-triangle-three-buckets (as ClickHouse's largestTriangleThreeBuckets), in plain Python."""
-    n = len(xs)
-    if points >= n or points < 3:
-        return list(zip(xs, ys, strict=True))
-    out = [(xs[0], ys[0])]
-    every = (n - 2) / (points - 2)
-    chosen = 0
-    for i in range(points - 2):
-        lo, hi = int(i * every) + 1, int((i + 1) * every) + 1
-        nlo, nhi = hi, min(int((i + 2) * every) + 1, n)
-        avg_x = sum(xs[nlo:nhi]) / (nhi - nlo)
-        avg_y = sum(ys[nlo:nhi]) / (nhi - nlo)
-        ax, ay = xs[chosen], ys[chosen]
-        best, best_area = lo, -1.0
-        for j in range(lo, hi):
-            area = abs((ax - avg_x) * (ys[j] - ay) - (ax - xs[j]) * (avg_y - ay))
-            if area > best_area:
-                best, best_area = j, area
-        out.append((xs[best], ys[best]))
-        chosen = best
-    out.append((xs[-1], ys[-1]))
+def min_max_last(steps: list[int], values: list[float], points: int) -> list[list[Any]]:
+    """runstream.analysis.curves' buckets by step, in plain Python: bucket floor((x - lo) / (hi - lo) * N);
+    per bucket first and last x, finite min and max, last value, and the point/NaN/+Inf/-Inf counts."""
+    lo, hi = float(steps[0]), float(steps[-1])
+    buckets: dict[int, list[tuple[int, float]]] = {}
+    for step, value in zip(steps, values, strict=True):
+        b = min(points - 1, math.floor((step - lo) / (hi - lo) * points)) if hi > lo else 0
+        buckets.setdefault(b, []).append((step, value))
+    out = []
+    for b in sorted(buckets):
+        pts = buckets[b]
+        finite = [v for _, v in pts if math.isfinite(v)]
+        out.append([float(pts[0][0]), float(pts[-1][0]), min(finite, default=None), max(finite, default=None),
+                    pts[-1][1], len(pts), sum(math.isnan(v) for _, v in pts), sum(v == math.inf for _, v in pts),
+                    sum(v == -math.inf for _, v in pts)])
     return out
 
 
-def mlflow_overlay(ml: Any, run_ids: list[str], metric: str, points: int) -> list[tuple[str, float, float]]:
+def mlflow_overlay(ml: Any, run_ids: list[str], metric: str, points: int) -> list[list[Any]]:
+    """What runstream's overlay answers (min, max and last per bucket), from MLflow's metric history."""
     out = []
     for run_id in run_ids:
-        history = sorted((m.step, m.value) for m in ml.get_metric_history(run_id, metric) if math.isfinite(m.value))
-        out.extend((run_id, x, y) for x, y in lttb([float(s) for s, _ in history], [v for _, v in history], points))
+        history = sorted((m.step, m.value) for m in ml.get_metric_history(run_id, metric))
+        out.extend([run_id, *bucket] for bucket in min_max_last([s for s, _ in history], [v for _, v in history],
+                                                                 points))
     return out
 
 
@@ -439,7 +483,7 @@ def compare_mlflow(args: argparse.Namespace, client: Any, base_db: str) -> list[
     # (the MLflow list below follows the order of runstream_questions, then the two extras)
     theirs = time_all([
         ("leaderboard", lambda: mlflow_leaderboard(ml, experiment, "acc", 10), lambda r: f"#1 {r[0][0]}"),
-        ("overlay", lambda: mlflow_overlay(ml, overlay_ml, "acc", 1000), lambda r: f"{len(r)} points"),
+        ("overlay", lambda: mlflow_overlay(ml, overlay_ml, "acc", 1000), lambda r: f"{len(r)} buckets"),
         ("filter", lambda: mlflow_filter(ml, experiment, 20), lambda r: f"{len(r)} runs"),
         ("importance", lambda: mlflow_importance(ml, experiment, "acc", best=True), lambda r: f"{len(r)} params"),
         ("run list", lambda: [r.info.run_name for r in ml.search_runs(
@@ -455,10 +499,10 @@ def compare_mlflow(args: argparse.Namespace, client: Any, base_db: str) -> list[
     board, curve, found, imp, listed, final_board, final_imp = (r[2] for r in ours)
     m_board, m_curve, m_found, m_imp, m_listed, m_final_board, m_final_imp = (r[2] for r in theirs)
     by_id = {v: k for k, v in ids.items()}
-    curve_ml = [[by_id[run], int(x), y] for run, x, y in m_curve]
+    curve_ml = [[by_id[run], *bucket] for run, *bucket in m_curve]
     same = [
         [(row[1], row[4], row[5]) for row in board.rows] == m_board,
-        sorted(curve_ml) == sorted([run, step, value] for run, _, step, value in curve.rows),
+        sorted(curve_ml, key=str) == sorted(([row[0], *row[3:]] for row in curve.rows), key=str),
         [row[0] for row in found.rows] == m_found,
         close({row[0][7:]: row[4] for row in imp.rows}, m_imp),
         [row[0] for row in listed.rows] == m_listed,
@@ -523,7 +567,9 @@ def main() -> int:
     points, size = prepare(client, db, args.runs, steps, args.metrics, args.slice_runs, args.reuse,
                            args.redeliver_runs, args.relog_runs)
     results = time_all(runstream_questions(client, db, args.runs), args.repeat, "runstream")
+    results[2:2] = time_all([lttb_question(client, db, args.runs)], args.repeat, "runstream")  # next to the overlay
     faults = check_faults(client, db, results[0][2]) if args.redeliver_runs or args.relog_runs else ""
+    recall = spike_recall(client, args.clickhouse, db)
 
     print("\n".join(side_by_side))
     print(f"\nrunstream analysis queries: {points:,} points, {args.runs:,} runs, {steps:,} steps x {args.metrics} "
@@ -533,6 +579,7 @@ def main() -> int:
     print("|---|---:|---|")
     for label, median_ms, _, shown in results:
         print(f"| {label} | {median_ms:.1f} | {shown} |")
+    print(f"\n{recall}")
     return 0
 
 

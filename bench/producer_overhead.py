@@ -16,7 +16,10 @@ seeded `random.Random`, the dicts built before the clock starts. It measures
    SDK's queued-bytes estimate against its bound (`queue_capacity_bytes`) and the dropped count;
 4. the same loop with MLflow (sqlite store, synchronous and `synchronous=False`), W&B (offline
    mode), Aim (local repo, `run.track(dict, step=i)`) and TensorBoard (`add_scalar` per metric,
-   through torch.utils.tensorboard when torch is installed, else tensorboardX).
+   through torch.utils.tensorboard when torch is installed, else tensorboardX);
+5. histograms: `run.log_histogram(name, values, step=i)` of 10,000 float32 values (binned in the SDK),
+   µs per call on the training thread, p50 and p99 (default 64 bins, then bins="auto"), next to
+   numpy.histogram alone on the same values; the spool must hold every histogram with every value.
 
 Why: the SDK promises that logging never slows training down (goal: <= 1 µs per point at p50)
 and that one process can feed the pipeline at >= 1,000,000 points/s; the other trackers, timed
@@ -62,6 +65,8 @@ SEED = 20240611
 DEFAULT_STEPS = 20_000
 DEFAULT_THROUGHPUT_STEPS = 200_000  # long enough that finish()'s fixed cost (linger, acks) does not dominate
 DEFAULT_MEMORY_STEPS = 1_000_000  # the issue's case: 1,000,000 steps x 10 metrics reached 300 MB RSS
+DEFAULT_HISTOGRAM_CALLS = 2_000
+HISTOGRAM_VALUES = 10_000  # issue 14: the training-thread cost of a 10,000-value histogram
 GOAL_P50_US = 1.0
 GOAL_POINTS_PER_S = 1_000_000
 TOOLS = ("runstream", "mlflow", "wandb", "aim", "tensorboard")
@@ -78,6 +83,7 @@ class Case:
     timed: bool = True  # False: no per-call clocks, throughput only, --throughput-steps steps
     needs_kafka: bool = False
     memory: bool = False  # the memory case: --memory-steps steps, dicts built in the loop, peak RSS
+    histogram: bool = False  # the histogram case: --histogram-calls calls of log_histogram, µs per call
 
 
 CASES = (
@@ -85,6 +91,8 @@ CASES = (
     Case("runstream-kafka", "runstream", "kafka", needs_kafka=True),
     Case("runstream-kafka-untimed", "runstream", "kafka, loop without per-call clocks", timed=False, needs_kafka=True),
     Case("runstream-memory", "runstream", "spool, full speed, dicts built in the loop", timed=False, memory=True),
+    Case("runstream-histogram", "runstream", f"spool, log_histogram of {HISTOGRAM_VALUES:,} float32 values",
+         histogram=True),
     Case("mlflow", "mlflow", "sqlite store", step_cap=1_000),
     Case("mlflow-async", "mlflow", "sqlite store, synchronous=False", step_cap=1_000),
     Case("wandb", "wandb", "offline run folder", step_cap=10_000),
@@ -349,6 +357,54 @@ def run_memory(steps: int, workdir: Path, result: Result) -> None:
     result.notes.append(f"spool files hold {stored:,} points, dropped {dropped_points:,}, logged {logged:,}")
 
 
+def run_histograms(calls: int, workdir: Path, result: Result) -> None:
+    """`calls` x `run.log_histogram(name, values, step=i)` of HISTOGRAM_VALUES float32 values (a
+    gradient tensor's worth, 3 of them NaN): µs per call on the training thread, p50 and p99, with the
+    default 64 bins, then with bins="auto"; numpy.histogram alone on the same values for context.
+    Verified after the clock: the spool holds every histogram, each with every value counted."""
+    import numpy as np
+
+    import runstream
+
+    spool = workdir / "spool"
+    run = runstream.init(project="bench-producer-histograms", spool=str(spool), sample_interval=0)
+    rng = np.random.default_rng(SEED)
+    values = [rng.lognormal(-3, 1, HISTOGRAM_VALUES).astype(np.float32) for _ in range(8)]
+    for tensor in values:
+        tensor[:3] = np.nan
+    clock = time.perf_counter_ns
+
+    def timed(call: Callable[[int], object], count: int) -> list[int]:
+        durations = []
+        for i in range(count):
+            before = clock()
+            call(i)
+            durations.append(clock() - before)
+        return sorted(durations)
+
+    start = clock()
+    default = timed(lambda i: run.log_histogram("grad/norm", values[i % 8], step=i), calls)
+    result.loop_s = (clock() - start) / 1e9
+    auto = timed(lambda i: run.log_histogram("grad/auto", values[i % 8], step=i, bins="auto"), max(1, calls // 4))
+    bare = timed(lambda i: np.histogram(values[i % 8][np.isfinite(values[i % 8])], bins=64), max(1, calls // 4))
+    run.finish()
+    result.elapsed_s = (clock() - start) / 1e9
+    result.steps = calls
+    result.p50_us, result.p99_us = percentile(default, 0.5) / 1000, percentile(default, 0.99) / 1000
+    result.points_per_s = calls / result.loop_s  # here: histograms per second
+    result.notes.append(f'bins="auto": p50 {percentile(auto, 0.5) / 1000:.0f} µs per call')
+    result.notes.append(f"numpy.histogram alone (64 bins): p50 {percentile(bare, 0.5) / 1000:.0f} µs")
+    stored = complete = 0
+    for path in sorted((spool / run.run_id).glob("metric_histogram.*.avro")):
+        with open(path, "rb") as handle:
+            for record in fastavro_reader(handle):
+                stored += 1
+                complete += sum(record["counts"]) + record["nan_count"] == HISTOGRAM_VALUES
+    logged = calls + max(1, calls // 4)
+    result.verified = stored == complete == logged
+    result.notes.append(f"spool files hold {stored:,}/{logged:,} histograms, {complete:,} with every value counted")
+
+
 def fastavro_reader(handle: Any) -> Iterable[Any]:
     import fastavro
 
@@ -360,9 +416,9 @@ def run_child(key: str, steps: int, workdir: Path, kafka: str | None, result_pat
     """Measure one case in this process and write its Result as JSON."""
     case = CASES_BY_KEY[key]
     result = Result(steps=steps, sink=case.sink)
-    if case.memory:
+    if case.memory or case.histogram:
         try:
-            run_memory(steps, workdir, result)
+            (run_memory if case.memory else run_histograms)(steps, workdir, result)
         except Exception as error:
             result.unavailable = (f"{type(error).__name__}: {error}".strip().splitlines() or ["?"])[0][:300]
         result_path.write_text(json.dumps(result.__dict__))
@@ -513,6 +569,8 @@ def print_table(rows: list[tuple[Case, Result]]) -> None:
     print("| tool | sink | steps | p50 µs/point | p99 µs/point | points/s | drops |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for case, result in rows:
+        if case.histogram:
+            continue  # µs per call, not per point: its own line below
         if result.unavailable is not None:
             print(f"| {case.tool} | {result.sink} | {result.steps:,} | unavailable: {result.unavailable} | — | — | — |")
             continue
@@ -535,7 +593,14 @@ def print_table(rows: list[tuple[Case, Result]]) -> None:
                 f" log() calls; {result.points_per_s:,.0f} points/s"
             )
     for case, result in rows:
-        if result.unavailable is None:
+        if case.histogram and result.unavailable is None:
+            print(
+                f"histogram: log_histogram of {HISTOGRAM_VALUES:,} float32 values (64 bins, 3 NaN) on the training"
+                f" thread: p50 {result.p50_us:.0f} µs, p99 {result.p99_us:.0f} µs per call ({result.steps:,} calls);"
+                f" {'; '.join(result.notes)}"
+            )
+    for case, result in rows:
+        if result.unavailable is None and not case.histogram:
             details = [
                 f"setup {result.setup_s:.2f}s",
                 f"loop {result.loop_s:.2f}s + finish/close {result.elapsed_s - result.loop_s:.2f}s",
@@ -574,6 +639,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"steps of the untimed Kafka throughput case (default {DEFAULT_THROUGHPUT_STEPS:,})")
     parser.add_argument("--memory-steps", type=int, default=DEFAULT_MEMORY_STEPS,
                         help=f"steps of the memory case (default {DEFAULT_MEMORY_STEPS:,})")
+    parser.add_argument("--histogram-calls", type=int, default=DEFAULT_HISTOGRAM_CALLS,
+                        help=f"log_histogram calls of the histogram case (default {DEFAULT_HISTOGRAM_CALLS:,})")
     parser.add_argument("--same-steps", action="store_true",
                         help="run every tracker for --steps steps (MLflow takes ~8 ms a step on a small machine)")
     parser.add_argument("--only", default=",".join(TOOLS), help=f"comma list of tools (default {','.join(TOOLS)})")
@@ -587,7 +654,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for option in ("steps", "throughput_steps", "memory_steps"):
+    for option in ("steps", "throughput_steps", "memory_steps", "histogram_calls"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')}: expected at least 1, got {getattr(args, option)}")
     tools = [tool.strip() for tool in args.only.split(",") if tool.strip()]
@@ -626,6 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in cases:
             if case.memory:
                 steps = args.memory_steps
+            elif case.histogram:
+                steps = args.histogram_calls
             elif not case.timed:
                 steps = args.throughput_steps
             elif args.same_steps or case.step_cap is None:
@@ -640,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((case, result))
             if result.unavailable is not None:
                 print(f"unavailable: {result.unavailable}", flush=True)
+            elif case.histogram:
+                print(f"p50 {result.p50_us:.0f} µs per histogram", flush=True)
             else:
                 latency = "" if result.p50_us is None else f", p50 {result.p50_us:.2f} µs/point"
                 print(f"{result.points_per_s:,.0f} points/s{latency}", flush=True)

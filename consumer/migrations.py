@@ -43,8 +43,18 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from runstream.analysis.views import ANALYSIS_VIEWS, ANALYSIS_VIEWS_V6, LEADERBOARD, RUN_OVERVIEW
+from runstream.analysis.ranks import RANK_VIEWS
+from runstream.analysis.views import (
+    ANALYSIS_VIEWS,
+    ANALYSIS_VIEWS_V6,
+    LEADERBOARD,
+    LEADERBOARD_V7,
+    METRIC_CURVE,
+    RUN_OVERVIEW,
+    RUN_OVERVIEW_V7,
+)
 from runstream.consumer.lifecycle_tables import LIFECYCLE_TABLES, RUN_LIFECYCLE_COLUMNS
+from runstream.consumer.metric_goals import METRIC_GOALS, METRIC_GOALS_MV
 from runstream.consumer.metric_tables import METRIC_EVENT_TABLES
 from runstream.consumer.monitoring_tables import COST_TABLES, COST_VIEWS, DRIFT_TABLES
 from runstream.consumer.retention import RETENTION_RULES
@@ -555,13 +565,13 @@ ROLLUP_MVS: tuple[MaterializedView, ...] = (METRIC_SUMMARY_MV, GPU_USAGE_HOURLY_
 GPU_HELD_TABLES: tuple[Table, ...] = (GPU_HELD_SLOTS,)
 GPU_HELD_MVS: tuple[MaterializedView, ...] = (GPU_HELD_SLOTS_MV,)
 #: Every MV of every migration (the cluster DDL reads this).
-MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS + (RUN_KEYS_MV,)
+MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = ROLLUP_MVS + GPU_HELD_MVS + (RUN_KEYS_MV, METRIC_GOALS_MV)
 RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RUN)
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
 TABLES: tuple[Table, ...] = (FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
                              + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES + (RETENTION_RULES,)
-                             + METRIC_EVENT_TABLES)
-VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS
+                             + METRIC_EVENT_TABLES + (METRIC_GOALS,))
+VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS + RANK_VIEWS
 
 
 def ttl_clause(days: int | None) -> str:
@@ -697,7 +707,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         (create_table_sql(RUN_SUMMARY, f"{_DB}.{RUN_SUMMARY.name}"),
          create_table_sql(RUN_KEYS, f"{_DB}.{RUN_KEYS.name}"),
          create_materialized_view_sql(RUN_KEYS_MV, _DB), BACKFILL_SQL)
-        + tuple(_replace_view_sql(view) for view in (RUN_OVERVIEW, LEADERBOARD)),
+        + tuple(_replace_view_sql(view) for view in (RUN_OVERVIEW_V7, LEADERBOARD_V7)),
     ),
     Migration(
         8,
@@ -710,7 +720,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         9,
         "richer metrics: every rank's points, histograms, declared metric goals and axes",
-        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in METRIC_EVENT_TABLES),
+        tuple(create_table_sql(table, f"{_DB}.{table.name}") for table in METRIC_EVENT_TABLES)
+        # declared goals, folded per metric (runstream.consumer.metric_goals), rank the leaderboard view
+        # (mode '') and run_overview's best maps
+        + (create_table_sql(METRIC_GOALS, f"{_DB}.{METRIC_GOALS.name}"),
+           create_materialized_view_sql(METRIC_GOALS_MV, _DB))
+        + tuple(_replace_view_sql(view) for view in (RUN_OVERVIEW, LEADERBOARD))
+        # every rank's spread, skew and stragglers (runstream.analysis.ranks)
+        + tuple(create_view_sql(view, _DB) for view in RANK_VIEWS)
+        # curves keep spikes: min, max and last per bucket, NaN/±Inf counted (runstream.analysis.curves)
+        + (_replace_view_sql(METRIC_CURVE),),
     ),
 )
 

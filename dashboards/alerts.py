@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from runstream.monitoring.drift import PSI_ALERT_THRESHOLD
+from runstream.monitoring.rank_skew import RANK_WINDOW_S, STEP_TIME_METRIC, STRAGGLER_FOR, STRAGGLER_RATIO
 
 DRIFT_FOR = "15m"
 DRIFT_MIN_SAMPLES = 100
@@ -116,6 +117,17 @@ ALERTS: tuple[AlertRule, ...] = (
         "Runs stopped sending heartbeats without finishing (killed -9, OOM, a node gone); their GPUs may "
         "still be allocated. Free them, then archive the runs (`runstream archive RUN`) to clear this.",
         f"GPUs of runs lost in the lost window > 0, for {LOST_RUN_GPUS_FOR}",
+    ),
+    AlertRule(
+        "RunstreamRankStraggler",
+        f"runstream_rank_step_time_ratio > {STRAGGLER_RATIO}",
+        STRAGGLER_FOR, "warning",
+        "Run {{ $labels.run_name }} ({{ $labels.project }}): rank {{ $labels.rank }} on {{ $labels.node }} "
+        "takes {{ $value | printf \"%.2f\" }}x its run's median step time",
+        f"The rank's median {STEP_TIME_METRIC} over the last {RANK_WINDOW_S} s has stayed above {STRAGGLER_RATIO}x "
+        "the median of the run's ranks: a slow GPU or node, a throttled link, a noisy neighbour. Every other "
+        "rank waits for it at each collective (`runstream stragglers`, `runstream ranks RUN --by-rank`).",
+        f"a rank's step time > {STRAGGLER_RATIO}x its run's median, for {STRAGGLER_FOR}",
     ),
     AlertRule(
         "RunstreamMonitorStale",

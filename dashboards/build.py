@@ -21,10 +21,12 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError("building dashboards needs grafanalib: pip install 'runstream[dashboards]'") from error
 
+from runstream.analysis.curves import BUILTIN_AXES, bucketed_curve_sql
 from runstream.analysis.group_curves import group_curve_sql
+from runstream.analysis.histograms import heatmap_sql
 from runstream.monitoring import cost, drift
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
-from runstream.monitoring.metric_direction import lower_is_better_sql
+from runstream.monitoring.metric_direction import goal_sql
 from runstream.monitoring.run_status import DEFAULT_STALL_AFTER_S, run_status_sql
 
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
@@ -38,7 +40,8 @@ class Query:
     title: str
     sql: str
     columns: tuple[str, ...]
-    panel: str = "timeseries"  # timeseries | table | heatmap | barchart | stat
+    panel: str = "timeseries"  # timeseries | table | heatmap | buckets (a heatmap of given buckets) | barchart | stat
+    #                           | curves (a trend panel over x, one series per `series` value)
     unit: str = ""
     width: int = 12
 
@@ -92,31 +95,57 @@ RUNS_VARIABLES = (
                       "AND run_group != '' ORDER BY run_group", multi=False),
     Variable("group_metric", f"SELECT DISTINCT metric FROM {DB}.metric_points WHERE run_id IN (SELECT run_id FROM "
                              f"{DB}.runs FINAL WHERE {_in('run_group', 'group')}) ORDER BY metric", multi=False),
+    # the x-axis of "Metric curves by x_axis" (runstream.analysis.curves): a built-in axis or any metric
+    # logged by the selected runs (run.log(..., axes={"tokens": n})); and its buckets per curve
+    Variable("x_axis", f"SELECT axis FROM (SELECT arrayJoin({list(BUILTIN_AXES)}) AS axis, "
+                       f"indexOf({list(BUILTIN_AXES)}, axis) AS o UNION ALL SELECT DISTINCT metric, 9 "
+                       f"FROM {DB}.metric_points WHERE {_in('run_id', 'run')}) ORDER BY o, axis", multi=False),
+    Variable("curve_points", "SELECT arrayJoin([1000, 200, 500, 2000, 5000]) AS points", multi=False),
+    # the histogram heatmap's metric (Run.log_histogram): one
+    Variable("histogram", f"SELECT DISTINCT metric FROM {DB}.metric_histograms WHERE {_in('run_id', 'run')} "
+                          "ORDER BY metric", multi=False),
 )
 
 RUNS = (
-    # With a marker series per selected fork: the parent's point at the fork step, where the fork's
-    # curve branches off (runstream.analysis.lineage; `runstream lineage RUN` prints the tree).
+    # Per Grafana interval and series the min and max of the finite values (a one-step spike is the min or
+    # max of its interval, so no zoom hides it), the last value and the count of NaN/±Inf points (marked,
+    # not dropped: runstream.analysis.curves). With a marker series per selected fork: the parent's point
+    # at the fork step, where the fork's curve branches off (`runstream lineage RUN` prints the tree).
     Query("Metric curves, overlaid", f"""
-SELECT time, series, value FROM (
-SELECT p.time AS time, concat(r.run_name, ' ', p.metric) AS series, p.value AS value
+SELECT time, series, min, max, last, points, non_finite FROM (
+SELECT $__timeInterval(p.time) AS time, concat(r.run_name, ' ', p.metric) AS series,
+       {finite_min_sql('p.value')} AS min, {finite_max_sql('p.value')} AS max,
+       argMax(p.value, (p.time, p.step)) AS last, count() AS points, countIf(NOT isFinite(p.value)) AS non_finite
 FROM {DB}.metric_points AS p FINAL
 INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
 WHERE $__timeFilter(p.time) AND {_in('p.metric', 'metric')}
+GROUP BY time, series
 UNION ALL
 SELECT p.time AS time, concat(k.run_name, ' forks off at step ', toString(p.step), ' (', p.metric, ')') AS series,
-       p.value AS value
+       p.value AS min, p.value AS max, p.value AS last, toUInt64(1) AS points,
+       toUInt64(NOT isFinite(p.value)) AS non_finite
 FROM {DB}.metric_points AS p FINAL
 INNER JOIN ({_FORKS}) AS k ON p.run_id = k.parent AND p.step = k.at_step
 WHERE $__timeFilter(p.time) AND {_in('p.metric', 'metric')}
 )
-ORDER BY time""", ("time", "series", "value"), width=24),
-    # Ranked by the best finite value (min for loss-like names, else max); final as logged, NaN/±Inf
+ORDER BY time""", ("time", "series", "min", "max", "last", "points", "non_finite"), "curves_time", width=24),
+    # The same buckets as `runstream curve --points N --x AXIS` and Client.metric_history (one SQL:
+    # runstream.analysis.curves `bucketed_curve_sql`), against the x_axis variable, curve_points buckets per curve.
+    Query("Metric curves by x_axis: min, max, last per bucket", f"""
+SELECT c.x AS x, concat(r.run_name, ' ', c.metric) AS series, c.min AS min, c.max AS max, c.last AS last,
+       c.count AS points, c.nan_count + c.pos_inf_count + c.neg_inf_count AS non_finite
+FROM ({bucketed_curve_sql(f'{DB}.metric_points', runs=f"run_id IN (SELECT run_id FROM ({_RUNS_FILTER}))",
+                          metrics=_in('metric', 'metric'), buckets='${curve_points}', axis='${x_axis:singlequote}')}
+) AS c
+INNER JOIN ({_RUNS_FILTER}) AS r ON c.run_id = r.run_id
+ORDER BY series, x""", ("x", "series", "min", "max", "last", "points", "non_finite"), "curves", width=24),
+    # Ranked by the best finite value (the declared goal, else min for loss-like names, else max:
+    # runstream.monitoring.metric_direction); final as logged, NaN/±Inf
     # included; runs without a finite value are left out (runstream.monitoring.finite_values).
     Query("Leaderboard", f"""
 SELECT r.run_name AS run, p.metric AS metric, argMax(p.value, p.step) AS final,
        {finite_min_sql('p.value')} AS min_value, {finite_max_sql('p.value')} AS max_value,
-       if({lower_is_better_sql('p.metric')}, min_value, max_value) AS best,
+       if({goal_sql(f'{DB}.metric_goals', 'p.metric')} = 'min', min_value, max_value) AS best,
        max(p.step) AS last_step, ifNull(any(f.status), 'running') AS status
 FROM {DB}.metric_points AS p FINAL
 INNER JOIN ({_RUNS_FILTER}) AS r ON p.run_id = r.run_id
@@ -124,7 +153,7 @@ LEFT JOIN {_STATUS} AS f ON p.run_id = f.run_id
 WHERE {_in('p.metric', 'metric')}
 GROUP BY run, metric
 HAVING best IS NOT NULL
-ORDER BY metric, if({lower_is_better_sql('metric')}, best, -best), run
+ORDER BY metric, if({goal_sql(f'{DB}.metric_goals', 'metric')} = 'min', best, -best), run
 SETTINGS join_use_nulls = 1""", ("run", "metric", "final", "min_value", "max_value", "best", "last_step", "status"),
           "table"),
     Query("Params of the selected runs", f"""
@@ -147,6 +176,11 @@ SELECT step, mean, min, max
 FROM ({group_curve_sql(DB, group_condition=_in('run_group', 'group'), project_condition=_in('project', 'project'),
                        metric_condition=_in('metric', 'group_metric'))})
 ORDER BY step""", ("step", "mean", "min", "max"), "trend", width=24),
+    # The selected runs' histograms of one metric over time, re-binned onto common buckets
+    # (runstream.analysis.histograms `heatmap_sql`; `runstream histograms RUN` lists them exactly).
+    Query("Histogram over time", heatmap_sql(
+        DB, where=f"{_in('run_id', 'run')} AND metric = '${{histogram}}' AND $__timeFilter(time)",
+        time_bucket="$__timeInterval(time)"), ("time", "bucket", "count"), "buckets", width=24),
 )
 
 
@@ -261,7 +295,7 @@ DASHBOARDS: dict[str, tuple[str, tuple[Variable, ...], tuple[Query, ...]]] = {
 def _panel(query: Query, x: int, y: int) -> Any:
     from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
 
-    tabular = query.panel in ("table", "barchart", "trend")  # a trend panel's x is a number, not time
+    tabular = query.panel in ("table", "barchart", "trend", "curves")  # a trend panel's x is a number, not time
     target = ClickHouseTarget(query.sql.strip(), format=TABLE if tabular else TIME_SERIES)
     grid = core.GridPos(h=8, w=query.width, x=x, y=y)
     common: dict[str, Any] = {"title": query.title, "dataSource": CLICKHOUSE, "targets": [target], "gridPos": grid}
@@ -269,10 +303,14 @@ def _panel(query: Query, x: int, y: int) -> Any:
         return core.Table(**common, unit=query.unit or "short")
     if query.panel == "heatmap":
         return core.Heatmap(**common)
+    if query.panel == "buckets":  # one series per bucket, named by its bound: drawn as they are, not re-bucketed
+        return core.Heatmap(**common, dataFormat="tsbuckets", hideZeroBuckets=True)
     if query.panel == "barchart":
         return core.BarChart(**common) if hasattr(core, "BarChart") else core.TimeSeries(**common, drawStyle="bars")
     if query.panel == "trend":
         return _trend(common, query.columns, query.unit)
+    if query.panel in ("curves", "curves_time"):
+        return _curves(common, query.panel == "curves", query.unit)
     return core.TimeSeries(**common, unit=query.unit or "short")
 
 
@@ -297,6 +335,35 @@ def _trend(common: dict[str, Any], columns: tuple[str, ...], unit: str) -> Any:
             return data
 
     return Trend(**common, unit=unit or "short", overrides=overrides)
+
+
+def _curves(common: dict[str, Any], by_x: bool, unit: str) -> Any:
+    """Curves as buckets (x or time, series, min, max, last, points, non_finite): last as the line, min and
+    max as thin lines around it, the non-finite count as points on a right axis, the bucket's point count in
+    the tooltip only. By x: a trend panel (x is a
+    number), the long rows split into one frame per series (Grafana's partitionByValues)."""
+    from grafanalib import core  # type: ignore[import-untyped, unused-ignore]
+
+    def fields(pattern: str, *properties: tuple[str, Any]) -> dict[str, Any]:
+        return {"matcher": {"id": "byRegexp", "options": pattern},
+                "properties": [{"id": key, "value": value} for key, value in properties]}
+
+    overrides = [fields("^(min|max).*", ("custom.lineWidth", 1), ("custom.fillOpacity", 10)),
+                 fields("^last.*", ("custom.lineWidth", 2)),
+                 fields("^non_finite.*", ("custom.drawStyle", "points"), ("custom.axisPlacement", "right"),
+                        ("custom.pointSize", 6), ("unit", "none")),
+                 fields("^points.*", ("custom.hideFrom", {"viz": True, "legend": True, "tooltip": False}))]
+    transformations = [{"id": "partitionByValues", "options": {"fields": ["series"]}}] if by_x else []
+
+    class Curves(core.TimeSeries):  # type: ignore[misc]  # grafanalib has no trend panel; its attrs fields inherited
+        def to_json_data(self) -> dict[str, Any]:
+            data: dict[str, Any] = super().to_json_data()
+            if by_x:
+                data["type"] = "trend"
+                data["options"]["xField"] = "x"
+            return data
+
+    return Curves(**common, unit=unit or "short", overrides=overrides, transformations=transformations)
 
 
 def _template(variable: Variable) -> Any:

@@ -1,5 +1,6 @@
-"""Prometheus exporter of `runstream monitor`: drift, performance, GPU cost, budgets, idle-GPU cost and run
-status (runs by status, stalled runs, GPUs of lost runs) as gauges.
+"""Prometheus exporter of `runstream monitor`: drift, performance, GPU cost, budgets, idle-GPU cost, run
+status (runs by status, stalled runs, GPUs of lost runs) and each rank's step time against its run's
+median (runstream.monitoring.rank_skew) as gauges.
 
 Every `interval_s` the loop runs the drift (`drift.py`) and cost (`cost.py`) queries in ClickHouse
 and swaps in a new snapshot of gauges; a scrape reads the latest snapshot and never waits on
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from runstream.monitoring import cost, drift, run_status
+from runstream.monitoring import cost, drift, rank_skew, run_status
 from runstream.monitoring.settings import ExporterSettings
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class SnapshotCollector(Collector):
             families.append(family)
         families.extend(status_families(self.client, self.database, now=now, stall_after_s=s.stall_after_s,
                                         lost_window=dt.timedelta(seconds=s.lost_window_s)))
+        families.extend(rank_skew.rank_skew_families(self.client, self.database, now=now))
         with self._lock:
             self._snapshot = families
 

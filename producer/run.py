@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from runstream.producer.heartbeat import Heartbeat
 from runstream.producer.host import HostReader
 from runstream.producer.ids import event_id, run_name
 from runstream.producer.kafka_settings import KafkaSettings
+from runstream.producer.metric_definitions import definition, definitions_of
 from runstream.producer.params import check_key, flatten_params, param_records
 from runstream.producer.resume import resolve_resume
 from runstream.producer.settings import ProducerSettings
@@ -129,13 +131,16 @@ class Run:
         sweep: str | None = None,
         fork_from: str | None = None,
         fork_step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
     ) -> None:
         """`gpus` is the NVML source (tests without a GPU pass a fake); by default pynvml is used
         when sampling is on (`settings.sample_interval_s` > 0). `resume` continues an earlier run id.
         `group`, `job_type` and `sweep` label the run; `fork_from`/`fork_step` make it a fork.
 
         In distributed training every rank samples its GPUs into the same run, but only rank 0
-        records the run's start, params, metrics and end (unless `settings.log_all_ranks`).
+        records the run's start, params and end. Rank 0's metrics are the run's curve; the other
+        ranks' are recorded only with `settings.log_all_ranks` (or `log(..., all_ranks=True)`), each
+        point with the rank and node (`self.rank`, `self.node`) that logged it.
         """
         if not isinstance(project, str) or not project.strip():
             raise ValueError(f"project: expected a non-empty string, got {project!r}")
@@ -147,10 +152,17 @@ class Run:
         self.group = _label("group", group)
         self.job_type = _label("job_type", job_type)
         self.sweep = _label("sweep", sweep)
+        # init(metrics=...): checked before anything of the run is sent (producer/metric_definitions.py)
+        self._definitions = definitions_of(metrics)
         self.settings = settings or ProducerSettings.resolve()
         self.distributed = metadata.distributed()
         rank = self.distributed["rank"]
-        self.is_lead = rank in (None, 0) or self.settings.log_all_ranks
+        #: The global rank (0 outside distributed training) and the host it runs on: what a point
+        #: or histogram of this process is stored with.
+        self.rank: int = rank or 0
+        self.node: str = scrub(metadata.host_name())
+        # Only rank 0 sends the run's start, params, heartbeats and end, whatever `log_all_ranks` says.
+        self.is_lead = self.rank == 0
         # producer/resume.py: an explicit resume of a run the spool or the store knows not is refused there
         self.run_id, self.resumed, self.attempt = resolve_resume(resume, self.distributed["world_size"],
                                                                  self.settings.spool)
@@ -174,6 +186,8 @@ class Run:
         lifecycle.install(_finish_all, _forget_in_child, _shutdown_timeout_s)
         self._worker = _worker_for(self.settings)
         self._worker.attempts[self.run_id] = self.attempt
+        if not self.is_lead:
+            self._worker.ranks[self.run_id] = (self.rank, self.node)
         self._sampler: SystemSampler | None = None
         if self.settings.sample_interval_s > 0:
             self._sampler = SystemSampler(
@@ -182,6 +196,8 @@ class Run:
         inventory = self._sampler.gpus.inventory() if self._sampler else (gpus.inventory() if gpus else None)
         if self.is_lead:  # a run's start, like its end, gets through a full queue
             self._worker.put(("event", "run_started", self.run_id, self._started_record(inventory)), bounded=False)
+            if self._definitions:
+                self._put_definitions()
         _active_runs.append(self)
         if self._sampler is not None:
             self._sampler.start()
@@ -232,6 +248,35 @@ class Run:
             "fork_from": self.fork_from,
             "fork_step": self.fork_step,
         }
+
+    def define_metric(self, name: str, *, goal: str | None = None, summary: Sequence[str] = (),
+                      step_metric: str | None = None) -> None:
+        """Declare how `name` is judged, so that no reader has to guess from its name: `goal` "min" or
+        "max" ranks the leaderboard, `runstream best`, compare, importance, the report and the dashboards
+        without `--mode` (undeclared metrics keep the name rule: runstream.monitoring.metric_direction);
+        `summary` lists what to show of it (min, max, last, first, mean); `step_metric` names the logged
+        axis to plot it against. Calling it again replaces the metric's definition. A bad goal, summary
+        or name raises naming the metric and value, and nothing is sent. Only rank 0 sends definitions
+        (every rank checks them).
+        """
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        record = definition(name, goal=goal, summary=summary, step_metric=step_metric)
+        if not self.is_lead:
+            return
+        self._definitions[name] = record
+        self._put_definitions()
+
+    def _put_definitions(self) -> None:
+        # every definition so far: the latest event is the run's whole state (metric_definitions.v1.avsc)
+        record = {
+            "event_id": event_id(),
+            "run_id": self.run_id,
+            "timestamp_us": _now_us(),
+            "attempt": self.attempt,
+            "definitions": [dict(d) for d in self._definitions.values()],
+        }
+        self._worker.put(("event", "metric_definitions", self.run_id, record))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Add or change params after the start (nested dicts flattened, types kept); a later value wins."""
@@ -300,15 +345,28 @@ class Run:
         }
         self._worker.put(("event", "run_updated", self.run_id, record))
 
-    def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log(self, metrics: Mapping[str, float], step: int | None = None, *, all_ranks: bool | None = None,
+            axes: Mapping[str, float] | None = None) -> None:
         """Record metric values at a step (the next step after the last one when omitted).
 
         NaN and ±Inf are kept. A non-numeric value raises TypeError naming the key, and nothing
         of that call is recorded; what was logged before stays.
+
+        In distributed training rank 0's values are the run's curve. Another rank's are recorded,
+        with its rank and node, when `all_ranks` is True, or when it is None (the default) and the
+        run logs every rank (`init(log_all_ranks=True)`, RUNSTREAM_LOG_ALL_RANKS=1); otherwise dropped.
+
+        `axes` ({"epoch": 3.0, "tokens": 1.2e9}): x-axis values of this step, stored as metric points of
+        those names, so any curve can be drawn against them (`runstream curve --x tokens`). An axis value
+        must be a finite number (NaN/Inf cannot place a point; bools and None are refused), and its name
+        not step/time/relative (the built-in axes); otherwise ValueError/TypeError naming the axis and
+        the value, and nothing of the call is recorded.
         """
         if self.finished:
             raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
-        if not self.is_lead:
+        if all_ranks is not None and all_ranks is not True and all_ranks is not False:
+            raise TypeError(f"all_ranks: expected True, False or None, got {type(all_ranks).__name__} {all_ranks!r}")
+        if not self.is_lead and not (self.settings.log_all_ranks if all_ranks is None else all_ranks):
             return
         if step is None:
             step = self._step
@@ -329,12 +387,56 @@ class Run:
             if type(value) is not float:  # ints too: 10**400 must fail here, not in the worker
                 value = _coerce_number(key, value)
             values[key] = value
+        if axes:
+            _add_axes(values, axes, known)
         self._step = step + 1
         now_us = _now_us()
         if step > self._last_step:  # the heartbeat's "when the step last advanced": two stores, no lock
             self._last_step = step
             self._last_step_us = now_us
-        self._worker.put_points(self.run_id, step, now_us, values)
+        if self.is_lead:
+            self._worker.put_points(self.run_id, step, now_us, values)
+        else:  # a rank > 0 logging (log_all_ranks): its own table, never the run's curve
+            self._worker.put_rank_points(self.run_id, step, now_us, values)
+
+    def log_histogram(self, name: str, values: Any = None, *, step: int | None = None,
+                      bins: int | str | Sequence[float] = 64, edges: Sequence[float] | None = None,
+                      counts: Sequence[int] | None = None) -> None:
+        """Record the distribution of `values` (a list, numpy array or torch tensor: gradient norms,
+        activations, weights) at a step, binned here so that only the bins travel.
+
+        `bins`: a number of equal bins over the finite values' range (default 64), a numpy rule name
+        ("auto", "fd", "sturges"...) or a list of edges; or `edges=[...]`; or `edges` with `counts`
+        for a histogram computed elsewhere. NaN, +Inf and -Inf are counted apart, never binned.
+        `step` None: the step a `log()` without a step would record now; pass `step=` to put the
+        histogram at a step you logged. Empty arrays, non-numeric values, bad edges or counts and
+        bins <= 0 raise naming the metric and the value, and nothing is recorded
+        (runstream.producer.histograms has the rules). In distributed training only rank 0's are
+        recorded, unless the run logs every rank (`log_all_ranks`): then with this rank and node.
+        """
+        from runstream.producer.histograms import histogram_fields
+
+        if self.finished:
+            raise RuntimeError(f"run {self.run_id} is finished; start a new run to log more")
+        if not isinstance(name, str):
+            raise TypeError(f"histogram name {name!r}: expected a string, got {type(name).__name__}")
+        check_key("histogram", name)
+        if step is None:
+            step = self._step
+        elif type(step) is not int:
+            if isinstance(step, bool) or not hasattr(step, "__index__"):
+                raise TypeError(f"log_histogram({name!r}): step: expected an integer, got {type(step).__name__} "
+                                f"{step!r}")
+            step = int(step)
+        if not 0 <= step <= LONG_MAX:
+            raise ValueError(f"log_histogram({name!r}): step: expected an integer from 0 to 2**63-1, got {shown(step)}")
+        if not self.is_lead and not self.settings.log_all_ranks:
+            return
+        fields = histogram_fields(name, values, bins=bins, edges=edges, counts=counts)
+        now_us = _now_us()
+        record = {"event_id": event_id(), "run_id": self.run_id, "timestamp_us": now_us, "attempt": self.attempt,
+                  "rank": self.rank, "node": self.node, "metric": name, "step": step, "time_us": now_us, **fields}
+        self._worker.put(("event", "metric_histogram", self.run_id, record))
 
     def log_gpu_samples(
         self,
@@ -444,6 +546,34 @@ def _host_reader() -> HostReader | None:
     return _HOST_READER[0]
 
 
+#: x-axes every curve has: an axis logged under one of these names could never be chosen (runstream.analysis.curves).
+BUILTIN_AXES = ("step", "time", "relative")
+
+
+def _add_axes(values: dict[str, float], axes: Mapping[str, Any], known: set[str]) -> None:
+    """`log(..., axes=...)`: each axis value joins the step's points under its name, after checks that
+    leave `values` untouched when one fails (the caller records nothing then)."""
+    checked: dict[str, float] = {}
+    for name, raw in axes.items():
+        if not isinstance(name, str):
+            raise TypeError(f"axis {name!r}: expected a string name, got {type(name).__name__}")
+        if name in BUILTIN_AXES:
+            raise ValueError(f"axis {name!r}: {', '.join(BUILTIN_AXES)} are built-in x-axes; log it under another name")
+        if name not in known:
+            check_key("axis", name)
+        if isinstance(raw, bool) or raw is None or isinstance(raw, str | bytes):
+            raise TypeError(f"axis {name!r}: expected a number, got {type(raw).__name__} {shown(raw)}")
+        value = raw if type(raw) is float else _coerce_number(name, raw)
+        if not math.isfinite(value):
+            raise ValueError(f"axis {name!r}: expected a finite number, got {value!r} "
+                             "(NaN and ±Inf cannot place a point)")
+        if name in values and not values[name] == value:
+            raise ValueError(f"axis {name!r}: logged as {value!r} and as the metric value {values[name]!r} in one call")
+        checked[name] = value
+    values.update(checked)
+    known.update(checked)
+
+
 def _coerce_number(key: str, value: Any) -> float:
     """Anything but a plain float: ints (within double range), bools, numpy/torch scalars and
     one-element arrays; refused naming the key otherwise, so the worker never meets it."""
@@ -485,6 +615,8 @@ def init(
     sweep: str | None = None,
     fork_from: str | None = None,
     fork_step: int | None = None,
+    log_all_ranks: bool | None = None,
+    metrics: Mapping[str, Any] | None = None,
 ) -> Run:
     """Start a run. `config` (nested, e.g. a Hydra config) and `params` are both recorded as params.
 
@@ -500,13 +632,19 @@ def init(
     A secured Kafka takes librdkafka options: `kafka_options={"security.protocol": "SASL_SSL", ...}`,
     `RUNSTREAM_KAFKA_*` variables (`RUNSTREAM_KAFKA_SASL_PASSWORD` is `sasl.password`) or the `[kafka]`
     table of the `RUNSTREAM_CONFIG` file; `kafka` may also be a `KafkaSettings`.
+    In distributed training (torchrun, SLURM) every rank calls `init` and all share one run;
+    `log_all_ranks=True` (or RUNSTREAM_LOG_ALL_RANKS=1) records every rank's `log()` with its rank
+    and node (`runstream ranks RUN`, `runstream stragglers`), not rank 0's only.
+    `metrics={"val/score": {"goal": "max", "summary": ["max", "last"]}}` declares metrics as
+    `Run.define_metric` does (a value may be just the goal: `{"val/score": "max"}`).
     """
     settings = ProducerSettings.resolve(
         kafka=kafka, kafka_options=kafka_options, spool=spool, topic_prefix=topic_prefix,
-        sample_interval_s=sample_interval,
+        sample_interval_s=sample_interval, log_all_ranks=log_all_ranks,
     )
     return Run(project=project, name=name, params=params, tags=tags, config=config, settings=settings, resume=resume,
-               group=group, job_type=job_type, sweep=sweep, fork_from=fork_from, fork_step=fork_step)
+               group=group, job_type=job_type, sweep=sweep, fork_from=fork_from, fork_step=fork_step,
+               metrics=metrics)
 
 
 def _shutdown_timeout_s() -> float:

@@ -2,7 +2,9 @@
 
 The training thread only appends to a deque bounded in bytes; this worker drains it every
 `flush_interval_s` (or sooner when woken), packs metric points of each run into columnar
-`metric_steps` events, and hands every event to the sink in the order it was logged.
+`metric_steps` events (a distributed rank other than 0 logging with `log_all_ranks`: into
+`rank_metric_steps` events carrying its rank and node, batched per flush the same way), and hands
+every event to the sink in the order it was logged.
 
 Three rules keep a training job safe from its tracker:
 
@@ -46,8 +48,9 @@ from runstream.producer.sinks import EventSink
 log = logging.getLogger(__name__)
 
 # Queue items, each ending with its estimated size in bytes:
-# ("points", run_id, step, time_us, {name: value}, size), ("event", event_type, run_id, record, size),
-# or ("close", run_id, size) for a run that ends without a run_finished event of its own.
+# ("points", run_id, step, time_us, {name: value}, size), the same as "rank_points" for a rank > 0's
+# points (`rank_metric_steps`), ("event", event_type, run_id, record, size), or ("close", run_id, size)
+# for a run that ends without a run_finished event of its own.
 QueueItem = tuple[Any, ...]
 
 #: How long `put` waits for room in a full queue before it drops and counts the item.
@@ -190,8 +193,11 @@ class _PointColumns:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def to_record(self, run_id: str, attempt: int) -> dict[str, Any]:
+    def to_record(self, run_id: str, attempt: int, rank: tuple[int, str] | None = None) -> dict[str, Any]:
+        """A `metric_steps` record, or with `rank` (rank, node) a `rank_metric_steps` one."""
+        placed = {} if rank is None else {"rank": rank[0], "node": rank[1]}
         return {
+            **placed,
             "attempt": attempt,
             "event_id": event_id(),
             "run_id": run_id,
@@ -224,10 +230,10 @@ def _check_points(record: dict[str, Any]) -> None:
     steps, times = record["steps"], record["times_us"]
     if steps and not (0 <= min(steps) and max(steps) <= LONG_MAX and -LONG_MAX <= min(times)
                       and max(times) <= LONG_MAX):
-        raise ValueError("metric_steps: a step or time is outside the Avro long range")
+        raise ValueError("metric points: a step or time is outside the Avro long range")
     total = sum(record["values"], 0.0)  # TypeError for a non-number, OverflowError for a huge int
     if not isinstance(total, float):
-        raise TypeError(f"metric_steps: values must be numbers, got a sum of type {type(total).__name__}")
+        raise TypeError(f"metric points: values must be numbers, got a sum of type {type(total).__name__}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -265,6 +271,9 @@ class EventWorker:
         self._last_values: dict[str, dict[str, float]] = {}
         #: The attempt of each run this process logs to (set by `Run`); its metric_steps carry it.
         self.attempts: dict[str, int] = {}
+        #: (rank, node) of each run this process logs to as a rank other than 0 (set by `Run`); its
+        #: rank_metric_steps carry them.
+        self.ranks: dict[str, tuple[int, str]] = {}
         self.dropped_items = 0
         self.sent_events = 0
         self.rejected_events = 0
@@ -291,6 +300,19 @@ class EventWorker:
         if queued > 0 and queued + size > self._capacity and not self._wait_for_room(size):
             return False
         self._queue.append(("points", run_id, step, time_us, values, size))
+        self._put_bytes += size
+        return True
+
+    def put_rank_points(self, run_id: str, step: int, time_us: int, values: dict[str, float]) -> bool:
+        """`put_points` for a rank other than 0 (`log_all_ranks`): sent as `rank_metric_steps` with the
+        (rank, node) of `ranks[run_id]`, batched per flush like the run's own points."""
+        size = _points_sizes.get(len(values)) or points_item_bytes(len(values))
+        if self._forked:
+            return self._drop_in_child()
+        queued = self._put_bytes - self._taken_bytes
+        if queued > 0 and queued + size > self._capacity and not self._wait_for_room(size):
+            return False
+        self._queue.append(("rank_points", run_id, step, time_us, values, size))
         self._put_bytes += size
         return True
 
@@ -470,6 +492,7 @@ class EventWorker:
     def _drain(self) -> None:
         """Move everything queued to the sink, keeping each run's order."""
         pending: dict[str, _PointColumns] = {}
+        pending_ranks: dict[str, _PointColumns] = {}  # a rank > 0's points (rank_metric_steps)
         limit = self._settings.max_points_per_event
         queue = self._queue
         freed = 0
@@ -496,11 +519,22 @@ class EventWorker:
                 if len(columns) >= limit:
                     self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
                     del pending[run_id]
+            elif kind == "rank_points":
+                _, run_id, step, time_us, metrics, _size = item
+                columns = pending_ranks.get(run_id)
+                if columns is None:
+                    columns = pending_ranks[run_id] = _PointColumns()
+                columns.add(step, time_us, metrics)
+                if len(columns) >= limit:
+                    self._send_rank_points(run_id, pending_ranks.pop(run_id))
             elif kind == "close":  # a run that ends without a run_finished event (ranks > 0)
                 run_id = item[1]
                 columns = pending.pop(run_id, None)
                 if columns is not None:
                     self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
+                columns = pending_ranks.pop(run_id, None)
+                if columns is not None:
+                    self._send_rank_points(run_id, columns)
                 self._last_values.pop(run_id, None)
                 self._close_run(run_id)
             else:
@@ -508,6 +542,9 @@ class EventWorker:
                 columns = pending.pop(run_id, None)
                 if columns is not None:
                     self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
+                columns = pending_ranks.pop(run_id, None)
+                if columns is not None:
+                    self._send_rank_points(run_id, columns)
                 if event_type == "run_finished":
                     # The summary is the last value of each metric logged before the finish.
                     if record.get("summary") is None:  # (only what a double holds: a run must end)
@@ -520,6 +557,8 @@ class EventWorker:
                     self._send(event_type, run_id, record)
         for run_id, columns in pending.items():
             self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
+        for run_id, columns in pending_ranks.items():
+            self._send_rank_points(run_id, columns)
         self._taken_bytes += freed
         self._room.ring()
 
@@ -530,7 +569,7 @@ class EventWorker:
         skipped = freed = 0
         while queue:
             item = queue.popleft()
-            if item[0] == "points":
+            if item[0] in ("points", "rank_points"):
                 skipped += 1
                 freed += item[-1]
             else:
@@ -558,17 +597,23 @@ class EventWorker:
         self.sent_events += 1
         return True
 
-    def _send_points(self, run_id: str, record: dict[str, Any]) -> None:
+    def _send_rank_points(self, run_id: str, columns: _PointColumns) -> None:
+        """A rank's batch as one `rank_metric_steps` event (its rank and node from `ranks`)."""
+        rank = self.ranks.get(run_id, (0, ""))
+        self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1), rank),
+                          "rank_metric_steps")
+
+    def _send_points(self, run_id: str, record: dict[str, Any], event_type: str = "metric_steps") -> None:
         """Send a columnar batch; if it fails, split it so that only the points at fault are rejected."""
         try:
             _check_points(record)
-            self._sink.send("metric_steps", run_id, record)
+            self._sink.send(event_type, run_id, record)
         except Exception as error:
             if len(record["steps"]) <= 1:
-                self._reject("metric_steps", run_id, record, error)
+                self._reject(event_type, run_id, record, error)
                 return
             for part in _split_points(record):
-                self._send_points(run_id, part)
+                self._send_points(run_id, part, event_type)
             return
         self.sent_events += 1
 

@@ -1,6 +1,7 @@
 """The run comparison the demo prints: params, final and best metrics, GPU-hours, one row per run.
 
-Best is the min (loss-like names) or max of the finite values; a metric that was only ever NaN or
+Best is the min or max of the finite values by the metric's declared goal, else by its name (min for
+loss-like names: runstream.monitoring.metric_direction); a metric that was only ever NaN or
 ±Inf has no best (empty), as everywhere runs are ranked (runstream.monitoring.finite_values).
 
 The numbers come from SQL over the stored tables (FINAL, so redelivered events never count
@@ -14,7 +15,7 @@ from typing import Any
 
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
 from runstream.monitoring.gpu_hours import gpu_seconds_by_run_sql
-from runstream.monitoring.metric_direction import lower_is_better
+from runstream.monitoring.metric_direction import declared_goals, goal_of
 from runstream.monitoring.run_status import honest_statuses
 
 # The runs compared: those of a project, narrowed to given run ids when the list is not empty.
@@ -77,8 +78,9 @@ def compare_project(client: Any, database: str, project: str, run_ids: list[str]
         run_params.setdefault(run_id, []).append(f"{key}={value}")
     metrics: dict[str, dict[str, tuple[float, float | None]]] = {}
     names: set[str] = set()
+    declared = declared_goals(client, database, {row[1] for row in metric_rows})
     for run_id, metric, final, highest, lowest, _last, _points in metric_rows:
-        best = lowest if lower_is_better(metric) else highest
+        best = lowest if goal_of(metric, declared) == "min" else highest
         metrics.setdefault(run_id, {})[metric] = (final, best)
         names.add(metric)
     gpu_hours = {run_id: hours for run_id, hours in gpu_rows}

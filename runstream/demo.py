@@ -36,6 +36,8 @@ BATCH_SIZES = (32, 64, 128)
 GPUS_PER_RUN = 2
 SIMULATED_STEP_S = 0.5
 GPU_SAMPLE_EVERY_S = 5.0
+#: Every this many steps a simulated run logs a histogram of its gradient norms (Run.log_histogram).
+HISTOGRAM_EVERY = 10
 CONSUME_TIMEOUT_S = 120.0
 
 
@@ -72,10 +74,13 @@ def simulate_run(sim: SimulatedRun, project: str, steps: int, settings: Producer
     start_us = time.time_ns() // 1000
     points = 0
     next_sample_s = 0.0
+    grads = random.Random(sim.seed + 7)  # noqa: S311 - its own stream: the curves stay as they were
     for step in range(steps):
         loss, acc = _curve(sim, step, steps, noise)
         run.log({"loss": loss, "acc": acc}, step=step)
         points += 2
+        if step % HISTOGRAM_EVERY == 0:  # gradient norms: their spread shrinks with the loss
+            run.log_histogram("grad/norm", [abs(grads.gauss(0.0, loss)) for _ in range(256)], step=step, bins=32)
         simulated_s = step * SIMULATED_STEP_S
         if simulated_s >= next_sample_s:
             run.log_gpu_samples(_gpu_samples(sim, start_us + int(simulated_s * 1e6), noise), host="demo-node-1")

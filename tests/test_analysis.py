@@ -426,7 +426,7 @@ def test_client_returns_dataframes_and_arrow(dsn: str) -> None:
     assert small.groupby(["name", "metric"]).size().max() <= 3
     for (name, metric), group in small.groupby(["name", "metric"]):
         steps = [s for s, _ in BY_NAME[name].metrics[metric]]
-        assert group["step"].min() == steps[0] and group["step"].max() == steps[-1]
+        assert group["x"].min() == steps[0] and group["last_x"].max() == steps[-1]  # buckets span the curve
     compared = client.compare(["alpha", "beta"])
     assert compared.set_index("field").loc["params.lr", "differs"] == "*"
     assert list(client.best("vision", "acc")["name"]) == ["beta", "alpha", "gamma"]

@@ -183,13 +183,14 @@ def test_the_runs_dashboard_marks_the_fork_point_on_the_curves(forks: dict[str, 
     end = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
     variables = {"project": [PROJECT], "run": [ids["fork-a"], ids["fork-b"]], "metric": ["loss"]}
     rows = client.query(preview.expand(panel.sql, db, variables, end - dt.timedelta(hours=1), end)).result_rows
-    markers = {series: value for _time, series, value in rows if "forks off" in series}
+    # per bucket min, max, last, points, non_finite (runstream.analysis.curves); a marker is one point
+    markers = {series: last for _time, series, _min, _max, last, _points, _nf in rows if "forks off" in series}
     assert markers == {"fork-a forks off at step 50 (loss)": curves["base"]["loss"][50],
                        "fork-b forks off at step 20 (loss)": curves["base"]["loss"][20]}
     parent_time = client.query(f"SELECT time FROM {db}.metric_points FINAL WHERE run_id = {{r:String}} "
                                "AND metric = 'loss' AND step = 50", parameters={"r": ids["base"]}).result_rows[0][0]
-    assert [t for t, series, _v in rows if series.startswith("fork-a forks")] == [parent_time]
-    assert sum(1 for _t, series, _v in rows if "forks off" not in series) == 80 + 40
+    assert [row[0] for row in rows if row[1].startswith("fork-a forks")] == [parent_time]
+    assert sum(row[5] for row in rows if "forks off" not in row[1]) == 80 + 40
 
 
 def test_a_fork_from_an_unknown_parent_or_an_unlogged_step_is_refused_and_nothing_stored(
