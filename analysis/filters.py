@@ -5,8 +5,8 @@
     not best.loss >= 0.2 and name like 'lr0.001%'
 
 Fields: `params.KEY` (a param; dotted keys as logged, e.g. params.optimizer.name),
-`metrics.NAME` (the final value: at the last step), `best.NAME` (the best value: min for
-loss-like metrics, max otherwise), `tags.KEY`, and the run attributes in ATTRIBUTES. A key with
+`metrics.NAME` (the final value: at the last step), `best.NAME` (the best value: by the metric's
+declared goal, else min for loss-like metrics and max otherwise), `tags.KEY`, and the run attributes in ATTRIBUTES. A key with
 characters outside [A-Za-z0-9_] (unicode, '-', spaces) is written in backquotes: params.`warmup-steps`,
 metrics.`损失`; a filter naming one bare fails with a message suggesting the backquoted form.
 
