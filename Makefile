@@ -31,6 +31,9 @@ test: $(BIN)/.installed ## install, fetch Kafka, run lint, type check and the wh
 	bash scripts/install-system-packages.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
+	@# torch, Lightning, transformers for tests/test_frameworks.py, in .cache/frameworks-venv: built once
+	@# (about 1.5-2 min, 4.4 GB), then reused while scripts/frameworks_env.sh's pins stay the same
+	bash scripts/frameworks_env.sh
 	$(BIN)/pytest $(PYTEST_WORKERS)
 
 lint: $(BIN)/.installed ## ruff

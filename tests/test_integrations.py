@@ -1,11 +1,9 @@
 """Framework integrations driven by the real frameworks, read back from the spool.
 
-Keras 3 trains a tiny model for real on the JAX CPU backend. transformers runs without torch here,
-so its Trainer cannot train; its real `CallbackHandler` (what `Trainer` uses to call callbacks)
-drives the callback with real `TrainingArguments`, `TrainerState` and `TrainerControl` objects, in
-the order a Trainer calls them. The Lightning logger needs torch (about 2.8 GB of wheels with its
-CUDA libraries), which the dev extra does not install, so only its missing-framework error is
-tested here; the logger itself is not part of this suite.
+Keras 3 trains a tiny model for real on the JAX CPU backend. The Lightning logger and the Trainer
+callback are tested with real torch training (fit, resume, DDP, a hyperparameter search) in
+tests/test_frameworks.py, where torch lives in an environment of its own (scripts/frameworks_env.sh);
+here the missing-framework errors are checked.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -128,97 +126,6 @@ def test_keras_callback_leaves_a_handed_in_run_to_its_owner(keras: ModuleType, s
     assert {(s, name) for s, name, _ in points(events, run.run_id)} >= {(2, "loss"), (2, "epoch")}
     finished = status_of(events, run.run_id)
     assert finished["status"] == "failed" and finished["error"] == "RuntimeError: diverged"
-
-
-# --- Hugging Face transformers (callback protocol, no torch) ----------------------------------------
-
-
-def drive_trainer_callbacks(
-    callback: Any, args: Any, *, steps: int, log_every: int, model: Any = None
-) -> Any:
-    """Call the callback through transformers' own CallbackHandler in the order Trainer.train() does."""
-    from transformers import TrainerControl, TrainerState
-    from transformers.trainer_callback import CallbackHandler
-
-    handler = CallbackHandler([callback], model, None, None, None)
-    state = TrainerState(max_steps=steps, logging_steps=log_every, num_train_epochs=2)
-    control = TrainerControl()
-    handler.on_train_begin(args, state, control)
-    for step in range(1, steps + 1):
-        handler.on_step_begin(args, state, control)
-        state.global_step = step
-        state.epoch = 2 * step / steps
-        handler.on_step_end(args, state, control)
-        if step % log_every == 0:
-            logs = {"loss": 1.0 / step, "grad_norm": np.float32(0.5), "learning_rate": 3e-4 * (1 - step / steps),
-                    "epoch": state.epoch, "note": "text is not a metric"}
-            state.log_history.append({**logs, "step": step})
-            handler.on_log(args, state, control, logs=logs)
-    handler.on_log(args, state, control, logs={"train_runtime": 1.5, "train_loss": 0.3, "epoch": 2.0})
-    handler.on_train_end(args, state, control)
-    return state
-
-
-def test_huggingface_callback_records_arguments_model_config_and_logs(spool_dir: Path, tmp_path: Path) -> None:
-    from transformers import BertConfig, TrainingArguments
-
-    from runstream.producer.integrations.huggingface import RunstreamCallback
-
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=3e-4, per_device_train_batch_size=4,
-                             num_train_epochs=2, report_to="none", hub_token="secret-token")  # noqa: S106
-    callback = RunstreamCallback("hfproj", "bert-tiny", params={"dataset": "glue/sst2"},
-                                 spool=str(spool_dir), sample_interval=0)
-    # The model needs torch; the callback reads only `model.config`, a real transformers config here.
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_labels=2)
-    drive_trainer_callbacks(callback, args, steps=6, log_every=2, model=SimpleNamespace(config=config))
-    assert callback.run is not None and callback.run.finished
-    run_id = callback.run.run_id
-
-    events = read_spool(spool_dir)
-    params = params_of(events, run_id)
-    assert params["learning_rate"] == 3e-4 and params["per_device_train_batch_size"] == 4
-    assert params["num_train_epochs"] == 2.0 and params["dataset"] == "glue/sst2"
-    assert params["hub_token"] == "<HUB_TOKEN>"  # noqa: S105  transformers masks tokens; the secret never reaches the spool
-    assert "secret-token" not in repr(events)
-    assert params["model.hidden_size"] == 32 and params["model.id2label.1"] == "LABEL_1"  # int keys made strings
-
-    logged = points(events, run_id)
-    assert sorted({s for s, name, _ in logged if name == "loss"}) == [2, 4, 6]
-    at_4 = {name: value for s, name, value in logged if s == 4}
-    assert at_4 == {"loss": 0.25, "grad_norm": 0.5, "learning_rate": pytest.approx(1e-4), "epoch": pytest.approx(4 / 3)}
-    assert "note" not in {name for _, name, _ in logged}
-    assert {name: value for s, name, value in logged if s == 6 and name.startswith("train_")} == {
-        "train_runtime": 1.5, "train_loss": 0.3
-    }
-    assert status_of(events, run_id)["status"] == "ok"
-
-
-def test_huggingface_trials_get_a_run_each_with_their_params(spool_dir: Path, tmp_path: Path) -> None:
-    """A hyperparameter search calls on_train_begin once per trial, after the previous on_train_end."""
-    from transformers import TrainerControl, TrainerState, TrainingArguments
-    from transformers.trainer_callback import CallbackHandler
-
-    from runstream.producer.integrations.huggingface import RunstreamCallback
-
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
-    callback = RunstreamCallback("hfproj", "search", spool=str(spool_dir), sample_interval=0)
-    run_ids = []
-    for lr in (1e-4, 1e-3):
-        handler = CallbackHandler([callback], None, None, None, None)
-        state = TrainerState(max_steps=2, is_hyper_param_search=True, trial_name=f"t{lr}", trial_params={"lr": lr})
-        control = TrainerControl()
-        handler.on_train_begin(args, state, control)
-        state.global_step = 2
-        handler.on_log(args, state, control, logs={"loss": lr * 10})
-        handler.on_train_end(args, state, control)
-        assert callback.run is not None
-        run_ids.append(callback.run.run_id)
-
-    events = read_spool(spool_dir)
-    assert len(set(run_ids)) == 2
-    assert [params_of(events, run_id)["lr"] for run_id in run_ids] == [1e-4, 1e-3]
-    assert [points(events, run_id) for run_id in run_ids] == [[(2, "loss", 1e-3)], [(2, "loss", 1e-2)]]
-    assert [status_of(events, run_id)["status"] for run_id in run_ids] == ["ok", "ok"]
 
 
 # --- missing frameworks --------------------------------------------------------------------------

@@ -12,6 +12,14 @@ run starts there, with the params given to the constructor plus any hyperparamet
 and the model's hyperparameters arrive right after through `Run.log_params` (a `run_updated`
 event; later values win). `version` is the run id, so default checkpoints land in
 `<default_root_dir>/<project>/<run id>/checkpoints` and can be matched to their run.
+
+Resuming from a checkpoint continues the same run: `RunstreamLogger(..., resume=run_id)` with
+`trainer.fit(model, ckpt_path=...)` (the run id is the checkpoint folder's name by default); the
+resumed attempt's points land in that run at the steps Lightning restores. Goals: `metrics=` (as
+`runstream.init`), `logger.define_metric(...)`, and a `ModelCheckpoint(monitor=..., mode=...)` declares
+its monitored metric's goal at its first save unless one was declared. In distributed training
+(torchrun, SLURM) every rank's logger joins the one run; `log_all_ranks=True` stores every rank's
+metrics with its rank and node.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ except ImportError:
         ) from error
 
 from runstream.producer.kafka_settings import normalise_options
+from runstream.producer.metric_definitions import definitions_of
 from runstream.producer.run import Run, init
 
 log = logging.getLogger(__name__)
@@ -47,7 +56,8 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
     """Lightning logger: hyperparameters become params, logged metrics become metric points.
 
     Pass `run=` to log into a run you manage (this logger then never finishes it); otherwise the
-    logger starts one from `project`, `name`, `params`, `tags` and the sink settings, and
+    logger starts one from `project`, `name`, `params`, `tags`, `metrics` (declared goals, as in
+    `runstream.init`), `resume` (a run id to continue), `log_all_ranks` and the sink settings, and
     `finalize` finishes it with Lightning's status. Every Trainer entry point (`fit`, `validate`,
     `test`) ends with `finalize`, and a finished run takes no more points, so a later stage that
     logs starts a new run with the same name and params.
@@ -66,6 +76,9 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
         spool: str | None = None,
         topic_prefix: str | None = None,
         sample_interval: float | None = None,
+        resume: str | None = None,
+        log_all_ranks: bool | None = None,
+        metrics: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if run is None and (not isinstance(project, str) or not project.strip()):
@@ -76,8 +89,15 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
         self._tags = tags
         self._sink: dict[str, Any] = {
             "kafka": kafka, "kafka_options": dict(normalise_options(kafka_options or {})), "spool": spool,
-            "topic_prefix": topic_prefix, "sample_interval": sample_interval,
+            "topic_prefix": topic_prefix, "sample_interval": sample_interval, "log_all_ranks": log_all_ranks,
         }
+        # checked now, so a bad goal fails the script before training starts (and before a run exists)
+        declared = definitions_of(metrics)
+        if run is not None:
+            _declare(run, declared)
+        self._metrics: dict[str, Any] = dict(metrics or {})
+        self._explicit_goals = set(self._metrics)
+        self._resume = resume
         self._run = run
         self._owns_run = run is None
 
@@ -113,12 +133,38 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
             current = self._start()
         current.log(metrics, step=step)
 
+    def define_metric(self, name: str, *, goal: str | None = None, summary: Sequence[str] = (),
+                      step_metric: str | None = None) -> None:
+        """`Run.define_metric` on this logger's run (started if need be), kept for the runs of later stages."""
+        self.run.define_metric(name, goal=goal, summary=summary, step_metric=step_metric)
+        self._metrics[name] = {"goal": goal, "summary": list(summary), "step_metric": step_metric}
+        self._explicit_goals.add(name)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """A ModelCheckpoint's `monitor` and `mode` say which way its metric is better: declared once, unless
+        the script declared that metric itself."""
+        monitor = getattr(checkpoint_callback, "monitor", None)
+        mode = getattr(checkpoint_callback, "mode", None)
+        if not isinstance(monitor, str) or mode not in ("min", "max") or monitor in self._explicit_goals:
+            return
+        current = self._run
+        if current is None or current.finished:
+            return
+        known = self._metrics.get(monitor)
+        if isinstance(known, Mapping) and known.get("goal") == mode:
+            return
+        current.define_metric(monitor, goal=mode)
+        self._metrics[monitor] = {"goal": mode}
+
     def _start(self) -> Run:
         if self._run is not None:
             log.info("runstream: run %s ended at Lightning's finalize; this stage logs into a new run",
                      self._run.run_id)
         assert self._project is not None  # checked in __init__ when no run was given
-        self._run = init(self._project, self._name, params=self._params, tags=self._tags, **self._sink)
+        # `resume` continues the run of the checkpoint once: a later stage after finalize is a run of its own
+        resume, self._resume = self._resume, None
+        self._run = init(self._project, self._name, params=self._params, tags=self._tags, resume=resume,
+                         metrics=self._metrics or None, **self._sink)
         self._owns_run = True
         return self._run
 
@@ -148,6 +194,12 @@ class RunstreamLogger(Logger):  # type: ignore[misc]
         state["_run"] = None
         state["_owns_run"] = True
         return state
+
+
+def _declare(run: Run, declared: Mapping[str, Mapping[str, Any]]) -> None:
+    """`metrics=` given with a handed-in run: declared on it at once, as `init(metrics=...)` would have."""
+    for name, record in declared.items():
+        run.define_metric(name, goal=record["goal"], summary=record["summary"], step_metric=record["step_metric"])
 
 
 def _plain(params: Mapping[str, Any] | Namespace) -> dict[str, Any]:
