@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from runstream.schemas.catalogue import BUILTIN_AXES
+
 if TYPE_CHECKING:  # the CLI's parser imports this module: the queries come when a command runs
     from runstream.analysis.queries import Table
 
@@ -35,8 +37,6 @@ CURVE_COLUMNS = ["metric", "step", "value", "source_run_id"]
 #: last_x = its last x; min/max over its finite values (NULL when none is finite); last = the value at
 #: last_x (NaN/±Inf as logged); count of points, and of NaN, +Inf and -Inf points among them.
 BUCKET_COLUMNS = ["x", "last_x", "min", "max", "last", "count", "nan_count", "pos_inf_count", "neg_inf_count"]
-#: The x-axes every curve has; any other axis is a metric logged at the same steps (run.log(axes=...)).
-BUILTIN_AXES = ("step", "time", "relative")
 
 # Each point of the curves with its x. `{axis}` is an SQL expression of the axis name: step, time
 # (seconds since the epoch), relative (seconds since the run's first point, any metric) or a metric
@@ -104,6 +104,8 @@ def bucketed_curve_sql(points: str, *, runs: str, metrics: str, buckets: str, ax
     return (_BUCKETS.replace("{finite_min}", finite_min_sql("pv")).replace("{finite_max}", finite_max_sql("pv"))
             .replace("{buckets}", buckets).replace("{last_key}", "ps" if axis is None else "(px, ps)")
             .replace("{points_with_x}", points_with_x_sql(points, runs=runs, metrics=metrics, axis=axis)))
+
+
 ATTEMPT_COLUMNS = ["metric", "step", "attempt", "value", "shown_attempt"]
 GROUP_COLUMNS = ["metric", "step", "mean", "min", "max", "count"]
 

@@ -95,40 +95,54 @@ def arrow_type(kind: str) -> pa.DataType:
     return pa.type_for_alias(kind)
 
 
-def _col(name: str, kind: str, sql: str | None = None) -> Column:
-    return Column(name, sql or name, kind)
-
-
 # Times travel as integer microseconds (toUnixTimestamp64Micro): exact, and no Python datetime per row.
 _TIME_SQL = "toUnixTimestamp64Micro({})"
-SOURCES: tuple[Source, ...] = (
-    Source("params", "run_params", (
-        _col("run_id", "string"), _col("key", "string"), _col("value_type", "string"),
-        _col("value_number", "float64"), _col("value_string", "string"),
-        _col("updated_at", "time", _TIME_SQL.format("updated_at")),
-    ), "run_id, key", always=True),
-    Source("points", "metric_points", (
-        _col("run_id", "string"), _col("metric", "string"), _col("step", "int64"),
-        _col("value", "float64"), _col("time", "time", _TIME_SQL.format("time")), _col("attempt", "uint32"),
-    ), "run_id, metric, step", always=True),
-    Source("rank_points", "rank_metric_points", (
-        _col("run_id", "string"), _col("metric", "string"), _col("step", "int64"),
-        _col("rank", "uint32"), _col("node", "string"), _col("value", "float64"),
-        _col("time", "time", _TIME_SQL.format("time")), _col("attempt", "uint32"),
-    ), "run_id, metric, step, rank"),
-    Source("histograms", "metric_histograms", (
-        _col("run_id", "string"), _col("metric", "string"), _col("step", "int64"),
-        _col("rank", "uint32"), _col("node", "string"), _col("time", "time", _TIME_SQL.format("time")),
-        _col("edges", "list<float64>"), _col("counts", "list<uint64>"),
-        _col("nan_count", "uint64"), _col("neg_inf_count", "uint64"), _col("pos_inf_count", "uint64"),
-        _col("attempt", "uint32"),
-    ), "run_id, metric, step, rank"),
-    Source("definitions", "metric_definitions", (
-        _col("run_id", "string"), _col("metric", "string"), _col("goal", "string"),
-        _col("summary", "list<string>"), _col("step_metric", "string"),
-        _col("defined_at", "time", _TIME_SQL.format("defined_at")),
-    ), "run_id, metric"),
-)
+#: The Arrow kind of each ClickHouse type an exported column has (Nullable and LowCardinality unwrapped).
+_KINDS = {"String": "string", "Int64": "int64", "UInt32": "uint32", "UInt64": "uint64", "Float64": "float64",
+          "DateTime64(6, 'UTC')": "time"}
+
+
+def _kind(declared: str) -> str:
+    for wrapper in ("Nullable(", "LowCardinality("):
+        if declared.startswith(wrapper):
+            return _kind(declared[len(wrapper):-1])
+    if declared.startswith("Array("):
+        return f"list<{_kind(declared[len('Array('):-1])}>"
+    return _KINDS[declared]
+
+
+def _source(name: str, table: Any, order_by: str, *, always: bool = False) -> Source:
+    """An exported table with the columns of its spec (runstream.consumer table specs: one definition of a
+    table's columns), less the ones only the store uses (the raw rows' project)."""
+    from runstream.consumer.run_projects import PROJECT_COLUMN
+    from runstream.consumer.table_spec import column_name
+
+    columns = []
+    for definition in table.columns:
+        column = column_name(definition)
+        if column == PROJECT_COLUMN:
+            continue
+        declared = definition[len(column):].strip()
+        declared = declared.split(" DEFAULT ")[0].split(" CODEC(")[0].strip()
+        kind = _kind(declared)
+        columns.append(Column(column, _TIME_SQL.format(column) if kind == "time" else column, kind))
+    return Source(name, table.name, tuple(columns), order_by, always)
+
+
+def _sources() -> tuple[Source, ...]:
+    from runstream.consumer.metric_tables import METRIC_DEFINITIONS, METRIC_HISTOGRAMS, RANK_METRIC_POINTS
+    from runstream.consumer.migrations import METRIC_POINTS, RUN_PARAMS
+
+    return (
+        _source("params", RUN_PARAMS, "run_id, key", always=True),
+        _source("points", METRIC_POINTS, "run_id, metric, step", always=True),
+        _source("rank_points", RANK_METRIC_POINTS, "run_id, metric, step, rank"),
+        _source("histograms", METRIC_HISTOGRAMS, "run_id, metric, step, rank"),
+        _source("definitions", METRIC_DEFINITIONS, "run_id, metric"),
+    )
+
+
+SOURCES: tuple[Source, ...] = _sources()
 SOURCE_NAMES = ("runs", *(s.name for s in SOURCES))
 POINTS = next(s for s in SOURCES if s.name == "points")
 

@@ -6,9 +6,10 @@
 
 Fields: `params.KEY` (a param; dotted keys as logged, e.g. params.optimizer.name),
 `metrics.NAME` (the final value: at the last step), `best.NAME` (the best value: by the metric's
-declared goal, else min for loss-like metrics and max otherwise), `tags.KEY`, and the run attributes in ATTRIBUTES. A key with
-characters outside [A-Za-z0-9_] (unicode, '-', spaces) is written in backquotes: params.`warmup-steps`,
-metrics.`损失`; a filter naming one bare fails with a message suggesting the backquoted form.
+declared goal, else min for loss-like metrics and max otherwise), `tags.KEY`, and the run attributes
+in ATTRIBUTES. A key with characters outside [A-Za-z0-9_] (unicode, '-', spaces) is written in
+backquotes: params.`warmup-steps`, metrics.`损失`; a filter naming one bare fails with a message
+suggesting the backquoted form.
 
 Every value, and every param, metric or tag key, travels to ClickHouse as a bound query parameter
 ({v0:Float64}); only fixed SQL written here and column names from fixed tables are pasted into the

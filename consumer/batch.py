@@ -426,27 +426,8 @@ class Batch:
             cols["logged_at"].append(time_us)
 
     def _add_metric_steps(self, r: dict[str, Any], now_us: int) -> None:
-        names = r["metric_names"]
-        index = np.asarray(r["metric_index"], dtype=np.int64)
-        steps = np.asarray(r["steps"], dtype=np.int64)
-        values = np.asarray(r["values"], dtype=np.float64)
-        times = np.asarray(r["times_us"], dtype=np.int64)
+        names, index, steps, values, times = _point_columns(r, f"metric_steps of run {r['run_id']}", now_us)
         n = len(steps)
-        if not (len(index) == len(values) == len(times) == n):
-            raise InvalidEvent(
-                "ragged_columns",
-                f"metric_steps of run {r['run_id']}: column lengths differ "
-                f"(steps {n}, metric_index {len(index)}, values {len(values)}, times_us {len(times)})",
-            )
-        if n and int(steps.min()) < 0:
-            raise InvalidEvent("negative_step", f"metric_steps of run {r['run_id']}: step {int(steps.min())} < 0")
-        if n and (int(index.min()) < 0 or int(index.max()) >= len(names)):
-            raise InvalidEvent(
-                "bad_metric_index",
-                f"metric_steps of run {r['run_id']}: metric_index outside 0..{len(names) - 1}",
-            )
-        if n and int(times.max()) > now_us + MAX_FUTURE_US:
-            raise InvalidEvent("future_timestamp", f"metric_steps of run {r['run_id']}: a point is in the future")
         checks = COLUMN_CHECKS["metric_points"]
         violation = (checks.value("run_id", r["run_id"]) or checks.column("metric", names)
                      or checks.array("step", steps) or checks.array("value", values) or checks.array("time", times))
@@ -504,21 +485,8 @@ class Batch:
 
     def _add_rank_metric_steps(self, r: dict[str, Any], now_us: int) -> None:
         label = f"rank_metric_steps of run {r['run_id']} rank {r['rank']}"
-        names = r["metric_names"]
-        index = np.asarray(r["metric_index"], dtype=np.int64)
-        steps = np.asarray(r["steps"], dtype=np.int64)
-        values = np.asarray(r["values"], dtype=np.float64)
-        times = np.asarray(r["times_us"], dtype=np.int64)
+        names, index, steps, values, times = _point_columns(r, label, now_us)
         n = len(steps)
-        if not (len(index) == len(values) == len(times) == n):
-            raise InvalidEvent("ragged_columns", f"{label}: column lengths differ (steps {n}, metric_index "
-                                                 f"{len(index)}, values {len(values)}, times_us {len(times)})")
-        if n and int(steps.min()) < 0:
-            raise InvalidEvent("negative_step", f"{label}: step {int(steps.min())} < 0")
-        if n and (int(index.min()) < 0 or int(index.max()) >= len(names)):
-            raise InvalidEvent("bad_metric_index", f"{label}: metric_index outside 0..{len(names) - 1}")
-        if n and int(times.max()) > now_us + MAX_FUTURE_US:
-            raise InvalidEvent("future_timestamp", f"{label}: a point is in the future")
         cols = self.columns["rank_metric_points"]
         cols["run_id"].extend([r["run_id"]] * n)
         cols["metric"].extend([names[i] for i in index.tolist()])
@@ -624,6 +592,29 @@ class Batch:
                 feature_row("prediction", sample["time_us"], sample["sample_id"],
                             prediction if isinstance(prediction, float) else None,
                             prediction if isinstance(prediction, str) else None)
+
+
+def _point_columns(r: dict[str, Any], label: str, now_us: int) -> tuple[list[str], Any, Any, Any, Any]:
+    """A columnar points event's (names, metric_index, steps, values, times_us) as numpy arrays, after the
+    checks every such event must pass (equal lengths, steps >= 0, indices into the names, no future
+    point); InvalidEvent names the event by `label`."""
+    names = r["metric_names"]
+    index = np.asarray(r["metric_index"], dtype=np.int64)
+    steps = np.asarray(r["steps"], dtype=np.int64)
+    values = np.asarray(r["values"], dtype=np.float64)
+    times = np.asarray(r["times_us"], dtype=np.int64)
+    n = len(steps)
+    if not (len(index) == len(values) == len(times) == n):
+        raise InvalidEvent("ragged_columns", f"{label}: column lengths differ "
+                                             f"(steps {n}, metric_index {len(index)}, values {len(values)}, "
+                                             f"times_us {len(times)})")
+    if n and int(steps.min()) < 0:
+        raise InvalidEvent("negative_step", f"{label}: step {int(steps.min())} < 0")
+    if n and (int(index.min()) < 0 or int(index.max()) >= len(names)):
+        raise InvalidEvent("bad_metric_index", f"{label}: metric_index outside 0..{len(names) - 1}")
+    if n and int(times.max()) > now_us + MAX_FUTURE_US:
+        raise InvalidEvent("future_timestamp", f"{label}: a point is in the future")
+    return names, index, steps, values, times
 
 
 # -- bulk helpers --------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from runstream.producer.settings import ProducerSettings
 from runstream.producer.sinks import EventSink, KafkaSink, SpoolSink
 from runstream.producer.system_sampler import SystemSampler
 from runstream.producer.worker import EventWorker
-from runstream.schemas.catalogue import RUN_END_STATUSES
+from runstream.schemas.catalogue import BUILTIN_AXES, RUN_END_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ class Run:
         if self.is_lead:
             self._worker.put_points(self.run_id, step, now_us, values)
         else:  # a rank > 0 logging (log_all_ranks): its own table, never the run's curve
-            self._worker.put_rank_points(self.run_id, step, now_us, values)
+            self._worker.put_points(self.run_id, step, now_us, values, "rank_points")
 
     def log_histogram(self, name: str, values: Any = None, *, step: int | None = None,
                       bins: int | str | Sequence[float] = 64, edges: Sequence[float] | None = None,
@@ -544,10 +544,6 @@ def _host_reader() -> HostReader | None:
             log.debug("runstream: host metrics unavailable: %s", error)
             return None
     return _HOST_READER[0]
-
-
-#: x-axes every curve has: an axis logged under one of these names could never be chosen (runstream.analysis.curves).
-BUILTIN_AXES = ("step", "time", "relative")
 
 
 def _add_axes(values: dict[str, float], axes: Mapping[str, Any], known: set[str]) -> None:

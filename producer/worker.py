@@ -291,20 +291,10 @@ class EventWorker:
 
     # -- training-thread side -------------------------------------------------------------
 
-    def put_points(self, run_id: str, step: int, time_us: int, values: dict[str, float]) -> bool:
-        """Enqueue one `log()` call; the hot path: a dict lookup, a comparison, an append."""
-        size = _points_sizes.get(len(values)) or points_item_bytes(len(values))
-        if self._forked:
-            return self._drop_in_child()
-        queued = self._put_bytes - self._taken_bytes
-        if queued > 0 and queued + size > self._capacity and not self._wait_for_room(size):
-            return False
-        self._queue.append(("points", run_id, step, time_us, values, size))
-        self._put_bytes += size
-        return True
-
-    def put_rank_points(self, run_id: str, step: int, time_us: int, values: dict[str, float]) -> bool:
-        """`put_points` for a rank other than 0 (`log_all_ranks`): sent as `rank_metric_steps` with the
+    def put_points(self, run_id: str, step: int, time_us: int, values: dict[str, float],
+                   kind: str = "points") -> bool:
+        """Enqueue one `log()` call; the hot path: a dict lookup, a comparison, an append. `kind`
+        "rank_points" is a rank other than 0 (`log_all_ranks`): sent as `rank_metric_steps` with the
         (rank, node) of `ranks[run_id]`, batched per flush like the run's own points."""
         size = _points_sizes.get(len(values)) or points_item_bytes(len(values))
         if self._forked:
@@ -312,7 +302,7 @@ class EventWorker:
         queued = self._put_bytes - self._taken_bytes
         if queued > 0 and queued + size > self._capacity and not self._wait_for_room(size):
             return False
-        self._queue.append(("rank_points", run_id, step, time_us, values, size))
+        self._queue.append((kind, run_id, step, time_us, values, size))
         self._put_bytes += size
         return True
 

@@ -34,6 +34,11 @@ EVENT_TYPES = (
 #: early (an Optuna trial pruned).
 RUN_END_STATUSES = ("ok", "failed", "killed", "pruned")
 
+#: The x-axes every curve has (`runstream curve --x`): the step, the point's wall time and seconds since the
+#: run's first point. Any other axis is a metric logged at the same steps (`run.log(..., axes={...})`), so
+#: the SDK refuses an axis logged under one of these names: it could never be chosen.
+BUILTIN_AXES = ("step", "time", "relative")
+
 #: The one event type whose topic keeps only each run's last message (cleanup.policy=compact).
 CURATION_EVENT_TYPE = "run_curation"
 

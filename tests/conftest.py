@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from databases import fresh_database_dsn
@@ -69,6 +70,16 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def db(dsn: str) -> Iterator[tuple[Any, str]]:
+    """(client, database) of the module's `dsn` fixture (a module that loads one workload for its tests)."""
+    from runstream.consumer.dsn import connect
+
+    client, database = connect(dsn, create_database=False)
+    yield client, database
+    client.close()
 
 
 @pytest.fixture(scope="session")

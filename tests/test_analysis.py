@@ -14,7 +14,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from runstream.analysis.reproduce import reproduce
 from runstream.analysis.views import RUN_METRICS, RUN_METRICS_FROM_POINTS_SQL
 from runstream.cli import main
 from runstream.consumer import ClickHouseSink, ingest_spool
-from runstream.consumer.dsn import connect
 from runstream.consumer.migrations import create_view_sql
 from runstream.producer import metadata
 
@@ -104,12 +102,6 @@ def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     report = ingest_spool(spool, sink)
     assert not report.rejected, report.rejected
     return dsn
-
-
-@pytest.fixture(scope="module")
-def db(dsn: str) -> Iterator[tuple[Any, str]]:
-    client, database = connect(dsn)
-    yield client, database  # the sink's migrations made the views: nothing to create on read
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

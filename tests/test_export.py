@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +115,6 @@ def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
                                      "definitions": DEFINITIONS}, now_us=now_us)
     sink.write(batch)
     return dsn
-
-
-@pytest.fixture(scope="module")
-def db(dsn: str) -> Iterator[tuple[Any, str]]:
-    client, database = connect(dsn, create_database=False)
-    yield client, database
-    client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,6 @@ import datetime as dt
 import io
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from runstream.analysis.views import RUN_METRICS_FROM_POINTS_SQL
 from runstream.cli import main
 from runstream.comparison import compare_project
 from runstream.consumer import ClickHouseSink, ingest_spool
-from runstream.consumer.dsn import connect
 from runstream.monitoring.finite_values import ranks
 
 pytestmark = pytest.mark.integration
@@ -125,12 +123,6 @@ def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     report = ingest_spool(spool, ClickHouseSink(dsn))
     assert not report.rejected, report.rejected
     return dsn
-
-
-@pytest.fixture(scope="module")
-def db(dsn: str) -> Iterator[tuple[Any, str]]:
-    client, database = connect(dsn)
-    yield client, database
 
 
 def ids_by_name(db: tuple[Any, str]) -> dict[str, str]:

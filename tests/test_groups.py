@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from databases import fresh_database_dsn
+from databases import spool_workload_dsn
 from headless_browser import dump_dom
 
 import runstream
 from runstream.analysis import queries
 from runstream.analysis.group_curves import group_curve
 from runstream.cli import main
-from runstream.consumer import ClickHouseSink, ingest_spool
-from runstream.consumer.dsn import connect
 
 pytestmark = pytest.mark.integration
 NAN, INF = float("nan"), float("inf")
@@ -109,18 +106,7 @@ def expected(group: str, project: str | None, metrics: tuple[str, ...] = ("acc",
 
 @pytest.fixture(scope="module")
 def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    dsn = fresh_database_dsn(clickhouse_base, "groups")
-    spool = tmp_path_factory.mktemp("groups-spool")
-    log_specs(spool)
-    report = ingest_spool(spool, ClickHouseSink(dsn))
-    assert not report.rejected, report.rejected
-    return dsn
-
-
-@pytest.fixture(scope="module")
-def db(dsn: str) -> Iterator[tuple[Any, str]]:
-    client, database = connect(dsn)
-    yield client, database
+    return spool_workload_dsn(clickhouse_base, tmp_path_factory, "groups", log_specs)
 
 
 def assert_rows_match(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]) -> None:

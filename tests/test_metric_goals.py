@@ -17,13 +17,12 @@ import datetime as dt
 import json
 import math
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from databases import fresh_database_dsn
+from databases import fresh_database_dsn, spool_workload_dsn
 from spool_reader import spooled
 
 import runstream
@@ -33,7 +32,6 @@ from runstream.analysis.report import collect
 from runstream.cli import main
 from runstream.comparison import compare_project
 from runstream.consumer import ClickHouseSink, ingest_spool
-from runstream.consumer.dsn import connect
 from runstream.monitoring.metric_direction import declared_goals, goal_of, lower_is_better
 
 pytestmark = pytest.mark.integration
@@ -98,18 +96,7 @@ def goal(metric: str) -> str:
 
 @pytest.fixture(scope="module")
 def dsn(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    dsn = fresh_database_dsn(clickhouse_base, "goals")
-    spool = tmp_path_factory.mktemp("goals-spool")
-    log_workload(spool)
-    report = ingest_spool(spool, ClickHouseSink(dsn))
-    assert not report.rejected, report.rejected
-    return dsn
-
-
-@pytest.fixture(scope="module")
-def db(dsn: str) -> Iterator[tuple[Any, str]]:
-    client, database = connect(dsn)
-    yield client, database
+    return spool_workload_dsn(clickhouse_base, tmp_path_factory, "goals", log_workload)
 
 
 # --- the SDK -------------------------------------------------------------------------------------
