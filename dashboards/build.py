@@ -21,13 +21,14 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError("building dashboards needs grafanalib: pip install 'runstream[dashboards]'") from error
 
-from runstream.analysis.curves import BUILTIN_AXES, bucketed_curve_sql
+from runstream.analysis.curves import bucketed_curve_sql
 from runstream.analysis.group_curves import group_curve_sql
 from runstream.analysis.histograms import heatmap_sql
 from runstream.monitoring import cost, drift
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql
 from runstream.monitoring.metric_direction import goal_sql
 from runstream.monitoring.run_status import DEFAULT_STALL_AFTER_S, run_status_sql
+from runstream.schemas.catalogue import BUILTIN_AXES
 
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 PROMETHEUS = {"type": "prometheus", "uid": "${prometheus}"}
