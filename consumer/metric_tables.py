@@ -4,7 +4,8 @@
   `log_all_ranks`, from `rank_metric_steps` events. Rank 0's points stay in `metric_points`, the
   run's own curve, so the run's summary, leaderboard and filters read exactly what they read before;
   the per-rank views join the two (`metric_points` as rank 0). Keyed with the rank: nothing collapses
-  across ranks, a redelivered copy collapses with its twin.
+  across ranks, a redelivered copy collapses with its twin. Raw like `metric_points`: it carries the
+  run's project, and a project's retention rule expires it too.
 - `metric_histograms`: one histogram per (run, metric, step, rank), binned in the SDK; NaN and
   +/-Inf counted apart.
 - `metric_definitions`: what a run declares of each metric (goal min/max, summaries, the axis to
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+from runstream.consumer.run_projects import PROJECT_COLUMN_SPEC
 from runstream.consumer.table_spec import Table
 
 RANK_METRIC_POINTS = Table(
@@ -26,6 +28,7 @@ RANK_METRIC_POINTS = Table(
         "value Float64 CODEC(Delta, ZSTD(1))",
         "time DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1))",
         "attempt UInt32 DEFAULT 1 CODEC(ZSTD(1))",
+        PROJECT_COLUMN_SPEC,  # the run's project, filled by the sink (per-project retention)
     ),
     "ReplacingMergeTree",
     "(run_id, metric, step, rank)",
@@ -48,6 +51,7 @@ METRIC_HISTOGRAMS = Table(
         "neg_inf_count UInt64",
         "pos_inf_count UInt64",
         "attempt UInt32 DEFAULT 1",
+        PROJECT_COLUMN_SPEC,  # the run's project, filled by the sink (per-project retention)
     ),
     "ReplacingMergeTree",
     "(run_id, metric, step, rank)",

@@ -1,4 +1,4 @@
-"""The `project` column of the raw tables (metric_points, gpu_samples, host_samples), filled by the sink.
+"""The `project` column of the raw tables (points, samples, other ranks' points, histograms), filled by the sink.
 
 Per-project retention (`runstream.consumer.retention`) is a TTL rule per project on the raw tables,
 `... DELETE WHERE project = 'p'`, so each raw row carries its run's project. Events of points and
@@ -18,8 +18,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 #: The raw tables that a retention rule may expire; their rollups and the run facts stay.
-RAW_TABLES: tuple[str, ...] = ("metric_points", "gpu_samples", "host_samples")
-#: The column the sink fills in, and its definition in each raw table's spec (migration 8 adds it).
+RAW_TABLES: tuple[str, ...] = ("metric_points", "gpu_samples", "host_samples", "rank_metric_points",
+                               "metric_histograms")
+#: The column the sink fills in, and its definition in each raw table's spec (migration 8 adds it; the
+#: tables of migration 9 have it from the start).
 PROJECT_COLUMN = "project"
 PROJECT_COLUMN_SPEC = "project LowCardinality(String) DEFAULT '' CODEC(ZSTD(1))"
 #: Columns of the raw tables that the sink fills (not the batch): `consumer/batch.py` leaves them out.

@@ -268,6 +268,47 @@ class Message:
         return self._offset
 
 
+def test_other_ranks_points_and_histograms_carry_their_project_and_expire_by_its_rule(clickhouse_dsn: str,
+                                                                                       tmp_path: Path) -> None:
+    """rank_metric_points and metric_histograms (issue 14) are raw rows too: a project's rule drops its old
+    ones and leaves the recent ones and every other project's."""
+    sink = ClickHouseSink(clickhouse_dsn)
+    try:
+        client, db = sink.client, sink.database
+        ids = start(sink, tmp_path / "spool", {"v0": "vision", "a0": "audio"})
+        now = now_us()
+        ages = {"old": now - 40 * DAY_US, "recent": now - DAY_US}
+        batch = Batch()
+        for name, run_id in ids.items():
+            for age, t in ages.items():
+                base = {"event_id": f"{name}-{age}", "run_id": run_id, "timestamp_us": t, "attempt": 1}
+                batch.add("rank_metric_steps", {**base, "rank": 1, "node": "n1", "metric_names": ["step_time"],
+                                                "metric_index": [0, 0], "steps": [0, 1] if age == "old" else [2, 3],
+                                                "values": [0.5, 0.25],
+                                                "times_us": [t, t + 1]}, now_us=now)
+                batch.add("metric_histogram", {**base, "event_id": f"{name}-{age}-h", "rank": 0, "node": "n0",
+                                               "metric": "grad", "step": 0 if age == "old" else 1, "time_us": t,
+                                               "edges": [0.0, 1.0], "counts": [3], "nan_count": 0,
+                                               "neg_inf_count": 0, "pos_inf_count": 0}, now_us=now)
+        sink.write(batch)
+
+        def by_project(table: str) -> dict[str, int]:
+            rows = client.query(f"SELECT project, count() FROM {db}.{table} FINAL GROUP BY project").result_rows  # noqa: S608
+            return {str(project): int(count) for project, count in rows}
+
+        assert by_project("rank_metric_points") == {"vision": 4, "audio": 4}
+        assert by_project("metric_histograms") == {"vision": 2, "audio": 2}
+        done = set_retention(client, db, "vision", 30)
+        assert "WHERE project = 'vision'" in done["ttl"]["rank_metric_points"]
+        assert "WHERE project = 'vision'" in done["ttl"]["metric_histograms"]
+        for table in ("rank_metric_points", "metric_histograms"):
+            client.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
+        assert by_project("rank_metric_points") == {"vision": 2, "audio": 4}
+        assert by_project("metric_histograms") == {"vision": 1, "audio": 2}
+    finally:
+        sink.close()
+
+
 def test_samples_decoded_in_bulk_carry_their_project(loaded: Any) -> None:
     """The consumer's bulk path (a poll's small gpu_samples messages decoded together, kept as Arrow)."""
     sink, ids, now = loaded
