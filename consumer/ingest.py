@@ -27,6 +27,7 @@ class IngestReport:
     files: int = 0
     events: int = 0
     points: int = 0
+    rank_points: int = 0  # other ranks' points (log_all_ranks), stored apart from the runs' curves
     rejected: list[str] = field(default_factory=list)
     recovered: int = 0  # files that dead writers left open, sealed before loading
     cut_bytes: int = 0  # torn last blocks cut from them
@@ -82,3 +83,4 @@ def _write(sink: ClickHouseSink, batch: Batch, report: IngestReport) -> None:
         sink.write(batch)
         report.events += batch.events
         report.points += batch.points
+        report.rank_points += batch.rows("rank_metric_points")

@@ -115,6 +115,7 @@ class ConsumeStats:
     messages: int = 0
     events: int = 0
     points: int = 0
+    rank_points: int = 0  # other ranks' points (log_all_ranks), stored apart from the runs' curves
     batches: int = 0
     dead_letters: int = 0
     rows: dict[str, int] = field(default_factory=dict)
@@ -368,6 +369,7 @@ class ConsumerService:
             self.metrics.lag.labels(topic, str(partition)).set(lag)
         self.stats.events += batch.events
         self.stats.points += batch.points
+        self.stats.rank_points += batch.rows("rank_metric_points")
         self.stats.batches += 1
         log.info(
             "wrote %d events (%d points) from %d messages in %.3fs",

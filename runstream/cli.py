@@ -342,10 +342,15 @@ def _cmd_consume(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     print(
-        f"consumed {stats.messages} messages: {stats.events} events, {stats.points} metric points, "
-        f"{stats.dead_letters} dead letters, {stats.batches} batches", flush=True
+        f"consumed {stats.messages} messages: {stats.events} events, {stats.points} metric points"
+        f"{_other_ranks(stats.rank_points)}, {stats.dead_letters} dead letters, {stats.batches} batches", flush=True
     )
     return 0
+
+
+def _other_ranks(points: int) -> str:
+    """The other ranks' points of a load (log_all_ranks), when there were any: they are not the runs' curves."""
+    return f" (and {points} of other ranks)" if points else ""
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -354,7 +359,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     sink = ClickHouseSink(clickhouse_settings(args).authenticated_dsn())
     report = ingest_spool(args.spool_dir, sink, progress=args.progress)
     sink.close()
-    print(f"ingested {report.files} files: {report.events} events, {report.points} metric points")
+    print(f"ingested {report.files} files: {report.events} events, {report.points} metric points"
+          f"{_other_ranks(report.rank_points)}")
     print(f"recovered {report.recovered} files left open by dead processes ({report.cut_bytes} torn bytes cut, "
           f"{report.cut_records} records in them); left {report.live} files of running processes alone")
     for path in report.unreadable:

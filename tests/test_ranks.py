@@ -213,6 +213,9 @@ def logged(clickhouse_base: str, tmp_path_factory: pytest.TempPathFactory) -> Lo
     _log_per_call(spool, percall_run)
     report = ingest_spool(spool, ClickHouseSink(dsn))
     assert not report.rejected, report.rejected
+    # `runstream ingest` counts the other ranks' points apart from the runs' curves (3: the per-call run's rank 1)
+    assert report.rank_points == sum(len(metrics) for spec in specs if spec.rank > 0
+                                     for _, metrics in spec.calls) + 3
     return Logged(dsn, run_id, specs, reports, percall_run, logged_at)
 
 
