@@ -72,6 +72,16 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
         cluster.stop()
 
 
+#: Test files that need the frameworks' environment (scripts/frameworks_env.sh), which `make test` builds
+#: beside its other steps: scheduled last, so that no worker sits waiting for the build.
+LAST_FILES = ("test_frameworks.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files of LAST_FILES after all others (a stable sort: every worker collects the same order)."""
+    items.sort(key=lambda item: item.path.name in LAST_FILES)
+
+
 @pytest.fixture(scope="module")
 def db(dsn: str) -> Iterator[tuple[Any, str]]:
     """(client, database) of the module's `dsn` fixture (a module that loads one workload for its tests)."""
