@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consuming import run_until
 from spool_reader import read_spool
 
 import runstream
@@ -381,13 +382,7 @@ def test_heartbeats_travel_through_kafka_to_the_status(tmp_path: Path, clickhous
         found[:] = [tuple(r) for r in rows if r[0] == STEPS - 1 and r[2] == run_id]
         return bool(found)
 
-    stop = threading.Event()
-    timer = threading.Timer(90, stop.set)
-    timer.start()
-    try:
-        service.run(stop, stop_when=stored)
-    finally:
-        timer.cancel()
+    run_until(service, stored)
     row = found[0] if found else None
     sink = service.sink
     assert row is not None, "the heartbeats of the killed run never reached run_heartbeats"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from consuming import run_until
 from databases import fresh_database_dsn, spool_workload_dsn
 from spool_reader import spooled
 
@@ -335,13 +335,7 @@ def test_declarations_travel_through_kafka_to_the_leaderboard(tmp_path: Path, cl
                               "AND status = 'ok'").result_rows[0][0]
         return ranked == len(values) and declared_goals(client, database) == {"val/score": "min"}
 
-    stop = threading.Event()
-    timer = threading.Timer(90, stop.set)
-    timer.start()
-    try:
-        service.run(stop, stop_when=stored)
-    finally:
-        timer.cancel()
+    run_until(service, stored)
     assert declared_goals(client, database) == {"val/score": "min"}
     board = queries.leaderboard(client, database, "kafka-goals", "val/score")
     want = sorted(((n, min(v for v in pts if math.isfinite(v))) for n, pts in values.items()), key=lambda r: r[1])

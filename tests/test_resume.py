@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consuming import run_until
 
 import runstream
 from runstream.analysis.curves import curve
@@ -427,15 +428,7 @@ def test_a_training_process_killed_at_700_and_resumed_from_500_through_kafka(
         return done
 
     def consume(service: ConsumerService, until: Callable[[Any], bool]) -> None:
-        import threading
-
-        stop = threading.Event()
-        timer = threading.Timer(90, stop.set)
-        timer.start()
-        try:
-            service.run(stop, stop_when=until)
-        finally:
-            timer.cancel()
+        run_until(service, until)
         assert until(None), "timed out consuming"
 
     run_id = train_and_crash(config)
