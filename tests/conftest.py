@@ -73,12 +73,14 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
 
 
 #: Test files that need the frameworks' environment (scripts/frameworks_env.sh), which `make test` builds
-#: beside its other steps: scheduled last, so that no worker sits waiting for the build.
+#: beside its other steps: collected last, so that a one-process run (`make test PYTEST_WORKERS=`) meets them
+#: after the build. (pytest-xdist's loadfile hands out the largest files first whatever the order, so there a
+#: worker may wait for the build: up to about 3 minutes in CI, with the suite at 11.5 minutes.)
 LAST_FILES = ("test_frameworks.py",)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the files of LAST_FILES after all others (a stable sort: every worker collects the same order)."""
+    """Collect the files of LAST_FILES after all others (a stable sort: every worker collects the same order)."""
     items.sort(key=lambda item: item.path.name in LAST_FILES)
 
 
