@@ -481,8 +481,9 @@ class EventWorker:
 
     def _drain(self) -> None:
         """Move everything queued to the sink, keeping each run's order."""
-        pending: dict[str, _PointColumns] = {}
-        pending_ranks: dict[str, _PointColumns] = {}  # a rank > 0's points (rank_metric_steps)
+        # Points awaiting their event, by (kind, run): "points" become metric_steps, "rank_points" (a rank > 0
+        # logging with log_all_ranks) rank_metric_steps.
+        pending: dict[tuple[str, str], _PointColumns] = {}
         limit = self._settings.max_points_per_event
         queue = self._queue
         freed = 0
@@ -499,42 +500,25 @@ class EventWorker:
                 if shutdown is not None and time.monotonic() >= shutdown - SHUTDOWN_RESERVE_S:
                     self._skip_points_for_shutdown()
             kind = item[0]
-            if kind == "points":
+            if kind == "points" or kind == "rank_points":
                 _, run_id, step, time_us, metrics, _size = item
-                columns = pending.get(run_id)
+                key = (kind, run_id)
+                columns = pending.get(key)
                 if columns is None:
-                    columns = pending[run_id] = _PointColumns()
+                    columns = pending[key] = _PointColumns()
                 columns.add(step, time_us, metrics)
-                self._last_values.setdefault(run_id, {}).update(metrics)
+                if kind == "points":
+                    self._last_values.setdefault(run_id, {}).update(metrics)
                 if len(columns) >= limit:
-                    self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
-                    del pending[run_id]
-            elif kind == "rank_points":
-                _, run_id, step, time_us, metrics, _size = item
-                columns = pending_ranks.get(run_id)
-                if columns is None:
-                    columns = pending_ranks[run_id] = _PointColumns()
-                columns.add(step, time_us, metrics)
-                if len(columns) >= limit:
-                    self._send_rank_points(run_id, pending_ranks.pop(run_id))
+                    self._send_columns(kind, run_id, pending.pop(key))
             elif kind == "close":  # a run that ends without a run_finished event (ranks > 0)
                 run_id = item[1]
-                columns = pending.pop(run_id, None)
-                if columns is not None:
-                    self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
-                columns = pending_ranks.pop(run_id, None)
-                if columns is not None:
-                    self._send_rank_points(run_id, columns)
+                self._send_pending(pending, run_id)
                 self._last_values.pop(run_id, None)
                 self._close_run(run_id)
             else:
                 _, event_type, run_id, record, _size = item
-                columns = pending.pop(run_id, None)
-                if columns is not None:
-                    self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
-                columns = pending_ranks.pop(run_id, None)
-                if columns is not None:
-                    self._send_rank_points(run_id, columns)
+                self._send_pending(pending, run_id)
                 if event_type == "run_finished":
                     # The summary is the last value of each metric logged before the finish.
                     if record.get("summary") is None:  # (only what a double holds: a run must end)
@@ -545,10 +529,8 @@ class EventWorker:
                     self._close_run(run_id)
                 else:
                     self._send(event_type, run_id, record)
-        for run_id, columns in pending.items():
-            self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1)))
-        for run_id, columns in pending_ranks.items():
-            self._send_rank_points(run_id, columns)
+        for (kind, run_id), columns in pending.items():
+            self._send_columns(kind, run_id, columns)
         self._taken_bytes += freed
         self._room.ring()
 
@@ -587,11 +569,22 @@ class EventWorker:
         self.sent_events += 1
         return True
 
-    def _send_rank_points(self, run_id: str, columns: _PointColumns) -> None:
-        """A rank's batch as one `rank_metric_steps` event (its rank and node from `ranks`)."""
-        rank = self.ranks.get(run_id, (0, ""))
-        self._send_points(run_id, columns.to_record(run_id, self.attempts.get(run_id, 1), rank),
-                          "rank_metric_steps")
+    def _send_pending(self, pending: dict[tuple[str, str], _PointColumns], run_id: str) -> None:
+        """Send the run's points still pending, before an event of the run that must follow them."""
+        for kind in ("points", "rank_points"):
+            columns = pending.pop((kind, run_id), None)
+            if columns is not None:
+                self._send_columns(kind, run_id, columns)
+
+    def _send_columns(self, kind: str, run_id: str, columns: _PointColumns) -> None:
+        """A batch of points as one event: `metric_steps`, or for "rank_points" `rank_metric_steps` with the
+        (rank, node) of `ranks`."""
+        attempt = self.attempts.get(run_id, 1)
+        if kind == "points":
+            self._send_points(run_id, columns.to_record(run_id, attempt))
+        else:
+            self._send_points(run_id, columns.to_record(run_id, attempt, self.ranks.get(run_id, (0, ""))),
+                              "rank_metric_steps")
 
     def _send_points(self, run_id: str, record: dict[str, Any], event_type: str = "metric_steps") -> None:
         """Send a columnar batch; if it fails, split it so that only the points at fault are rejected."""
