@@ -66,16 +66,11 @@ def _rows(client: Any, sql: str, parameters: dict[str, Any]) -> list[Any]:
     return list(client.query(sql, parameters=parameters).result_rows)
 
 
-def default_mode(metric: str, declared: dict[str, str] | None = None) -> str:
-    """The declared goal (`declared`: from runstream.monitoring.metric_direction.declared_goals), else
-    min for loss-like metrics, else max."""
-    return goal_of(metric, declared)
-
-
 def check_mode(mode: str | None, metric: str, declared: dict[str, str] | None = None) -> str:
-    """`mode` when given (it overrides a declared goal), else the metric's goal (`default_mode`)."""
+    """`mode` when given (it overrides a declared goal), else the metric's goal (`goal_of`: the declared
+    one, else the name rule)."""
     if mode is None:
-        return default_mode(metric, declared)
+        return goal_of(metric, declared)
     if mode not in MODES:
         raise ValueError(f"mode: expected min or max, got {mode!r}")
     return mode
@@ -355,10 +350,11 @@ def compare(client: Any, db: str, refs: list[str], metrics: list[str] | None = N
         add(f"params.{key}", [param_value(rows[i][2].get(key), rows[i][3].get(key)) for i in ids])
     declared = declared_goals(client, db, wanted)  # best: the declared goal's side, else the name rule's
     for name in wanted:
-        value, step = (11, 12) if default_mode(name, declared) == "min" else (13, 14)
+        goal = goal_of(name, declared)
+        value, step = (11, 12) if goal == "min" else (13, 14)
         add(f"{name} final", [rows[i][4].get(name) for i in ids])
         add(f"{name} final step", [rows[i][7].get(name) for i in ids])
-        add(f"{name} best ({default_mode(name, declared)})", [rows[i][value].get(name) for i in ids])
+        add(f"{name} best ({goal})", [rows[i][value].get(name) for i in ids])
         add(f"{name} best step", [rows[i][step].get(name) for i in ids])
     add("gpu_hours", [rows[i][8] or 0.0 for i in ids])
     return Table(["field", *labels, "differs"], out)
