@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import subprocess
@@ -94,7 +95,10 @@ def test_a_crash_between_insert_and_commit_doubles_nothing(
     logged, events = produce_fleet(kafka_bootstrap, topic_prefix)
     settings = ConsumerSettings(kafka=kafka_bootstrap, clickhouse=clickhouse_dsn, topic_prefix=topic_prefix,
                                 group_id="crashy", batch_max_points=100_000, batch_max_wait_s=2.0)
-    crashing = ConsumerService(settings, sink=CrashAfterInsert(clickhouse_dsn))
+    # The crashing consumer's first write holds every message (its batch closes at `events` messages, not
+    # after a wait that a slow partition assignment could beat), so it inserts points before it fails.
+    crashing = ConsumerService(dataclasses.replace(settings, batch_max_messages=events, batch_max_wait_s=120.0),
+                               sink=CrashAfterInsert(clickhouse_dsn))
     with pytest.raises(RuntimeError, match="simulated crash"):
         consume_until(crashing, events)
     db = crashing.sink.database
