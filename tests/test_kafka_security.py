@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, ConfigSource
 from kafka_cluster import KafkaCluster
 
 import runstream
@@ -191,9 +192,28 @@ def test_topics_are_created_with_replication_3_and_min_insync_2(
     for name in names:
         replicas = {len(partition.replicas) for partition in metadata.topics[name].partitions.values()}
         assert replicas == {3}, name
-    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name) for name in names])
-    for resource, future in futures.items():
-        entry = future.result(30)["min.insync.replicas"]
-        assert entry.value == "2", resource
+    for name, entry in _min_insync_entries(admin, names, time.monotonic() + 30).items():
+        assert entry.value == "2", name
         source = getattr(entry.source, "value", entry.source)
-        assert source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, resource  # set by ensure_topics itself
+        assert source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, name  # set by ensure_topics itself
+
+
+def _min_insync_entries(admin: AdminClient, names: list[str], deadline: float) -> dict[str, ConfigEntry]:
+    """Each topic's `min.insync.replicas` entry, asking again for a topic a broker does not know yet.
+
+    A new topic reaches the brokers' metadata one broker at a time: `list_topics` may be answered by a broker that
+    has it while `describe_configs` goes to one that answers UNKNOWN_TOPIC_OR_PART for a moment longer.
+    """
+    entries: dict[str, ConfigEntry] = {}
+    while True:
+        missing = [name for name in names if name not in entries]
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name) for name in missing])
+        for resource, future in futures.items():
+            try:
+                entries[resource.name] = future.result(30)["min.insync.replicas"]
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                    raise
+        if len(entries) == len(names):
+            return entries
+        threading.Event().wait(0.2)
