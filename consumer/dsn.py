@@ -85,7 +85,11 @@ def connect(dsn: str, *, create_database: bool = True) -> tuple[Any, str]:
 
     target = parse_dsn(dsn)
     if target.embedded and target.client_dsn != "chdb://memory":
-        Path(target.client_dsn[len("chdb://") :]).mkdir(parents=True, exist_ok=True)
+        folder = Path(target.client_dsn[len("chdb://") :])
+        folder.mkdir(parents=True, exist_ok=True)
+        served = _served(folder, target.database)
+        if served is not None:
+            return served, target.database
     try:
         bootstrap = clickhouse_connect.get_client(dsn=target.client_dsn)
         if create_database:
@@ -106,6 +110,29 @@ def connect(dsn: str, *, create_database: bool = True) -> tuple[Any, str]:
         raise ConnectionError(f"database {target.database!r} does not exist at {redact(dsn)}: run `runstream migrate` "
                           "with the same --clickhouse (the consumer also creates it when it starts)")
     return client, target.database
+
+
+def _served(folder: Path, database: str) -> Any | None:
+    """The client of a `runstream server` (another process) that holds `folder`, or None when none runs.
+
+    The embedded engine admits one process per folder: while a server holds it, reads go through the server's
+    API (server/remote_client.py) and writes are refused there with a message naming the server.
+    """
+    import os
+
+    from runstream.server.discovery import running_server
+
+    server = running_server(folder)
+    if server is None or server.pid == os.getpid():
+        return None
+    from runstream.server.remote_client import RemoteClient
+
+    client = RemoteClient(server, str(folder))
+    known = client.query("SELECT count() FROM system.databases WHERE name = {db:String}", {"db": database})
+    if not known.result_rows[0][0]:
+        raise ConnectionError(f"database {database!r} does not exist in {folder}, which runstream server "
+                              f"(pid {server.pid}, {server.url}) holds; it serves database {server.database!r}")
+    return client
 
 
 def _scrub(text: str, dsn: str) -> str:

@@ -9,7 +9,9 @@ mkdir -p "$tree/runstream"
 for file in "$repo"/runstream/*.py "$repo"/runstream/py.typed; do
   ln -s "$file" "$tree/runstream/$(basename "$file")"
 done
-for sub in producer consumer schemas dashboards analysis monitoring; do
+# the subpackages' folders, as pyproject.toml's package-dir names them
+subs=$("$repo/.venv/bin/python" -c 'import sys, tomllib; dirs = tomllib.load(open(sys.argv[1], "rb"))["tool"]["setuptools"]["package-dir"]; print(" ".join(d for name, d in dirs.items() if name.count(".") == 1))' "$repo/pyproject.toml")
+for sub in $subs; do
   ln -s "$repo/$sub" "$tree/runstream/$sub"
 done
 cd "$tree"
