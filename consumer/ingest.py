@@ -11,8 +11,10 @@ query reads with FINAL (rows repeat without FINAL until a merge collapses them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runstream.consumer.batch import Batch, InvalidEvent
 from runstream.consumer.clickhouse_sink import ClickHouseSink
@@ -48,26 +50,20 @@ def ingest_spool(folder: Path, sink: ClickHouseSink, *, batch_max_points: int = 
     report.recovered, report.cut_bytes, report.cut_records = recovery.recovered, recovery.cut_bytes, \
         recovery.cut_records
     report.live, report.unreadable = recovery.live, recovery.unreadable
-    batch = Batch(fork_check=getattr(sink, "fork_checks", None),
-                  resume_check=getattr(sink, "resume_checks", None))
+    batch = new_batch(sink)
     files = spool_files(folder)
     sizes = [_size(path) for path in files]
     with bar("ingest", sum(sizes), byte_units=True, show=progress) as loaded:
         for path, size in zip(files, sizes, strict=True):
             report.files += 1
             for event_type, record in read_spool_file(path):
-                try:
-                    batch.add(event_type, record)
-                except InvalidEvent as error:
-                    report.rejected.append(f"{path}: {error}")
-                    log.error("rejected an event in %s: %s", path, error)
+                add_event(batch, event_type, record, path, report)
                 if batch.points >= batch_max_points:
-                    _write(sink, batch, report)
-                    batch = Batch(fork_check=getattr(sink, "fork_checks", None),
-                                  resume_check=getattr(sink, "resume_checks", None))
+                    write_batch(sink, batch, report)
+                    batch = new_batch(sink)
             loaded.set_postfix_str(f"{report.files}/{len(files)} files", refresh=False)
             loaded.update(size)
-        _write(sink, batch, report)
+        write_batch(sink, batch, report)
     return report
 
 
@@ -78,9 +74,28 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _write(sink: ClickHouseSink, batch: Batch, report: IngestReport) -> None:
+def new_batch(sink: ClickHouseSink) -> Batch:
+    """A batch with the sink's checks of forked and resumed starts (shared with the server's spool follower)."""
+    return Batch(fork_check=getattr(sink, "fork_checks", None), resume_check=getattr(sink, "resume_checks", None))
+
+
+def add_event(batch: Batch, event_type: str, record: dict[str, Any], where: Path, report: IngestReport) -> None:
+    """Add one spooled event; one that breaks the contract is reported and logged, and the load goes on."""
+    try:
+        batch.add(event_type, record)
+    except InvalidEvent as error:
+        report.rejected.append(f"{where}: {error}")
+        log.error("rejected an event in %s: %s", where, error)
+
+
+def write_batch(sink: ClickHouseSink, batch: Batch, report: IngestReport, tables: Sequence[str] | None = None) -> None:
+    """Write the batch (every table's rows, or `tables`' only: the rest of a write that failed part-way) and
+    count it in `report`; returns once every insert was acknowledged."""
     if batch.events:
-        sink.write(batch)
+        if tables is None:
+            sink.write(batch)  # the plain call: any sink
+        else:
+            sink.write(batch, tables)
         report.events += batch.events
         report.points += batch.points
         report.rank_points += batch.rows("rank_metric_points")

@@ -34,6 +34,7 @@ from runstream.extras import command_error
 from runstream.monitoring import cli as monitoring_cli
 from runstream.output import FORMATS, render
 from runstream.schemas import DEFAULT_TOPIC_PREFIX
+from runstream.server import cli as server_cli
 
 log = logging.getLogger("runstream")
 
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitoring_cli.add_parsers(commands)
     dashboards_cli.add_parsers(commands)
     retention_cli.add_parsers(commands)
+    server_cli.add_parsers(commands)
     return parser
 
 
@@ -450,8 +452,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from runstream.monitoring.settings import ExporterSettings
     from runstream.producer.settings import ProducerSettings
     from runstream.producer.settings_layer import markdown_table
+    from runstream.server.settings import ServerSettings
 
-    print(markdown_table([ProducerSettings, ConsumerOptions, ClickHouseSettings, ExporterSettings]))
+    print(markdown_table([ProducerSettings, ConsumerOptions, ClickHouseSettings, ExporterSettings, ServerSettings]))
     return 0
 
 
@@ -474,6 +477,7 @@ COMMANDS = {
     **monitoring_cli.COMMANDS,
     **dashboards_cli.COMMANDS,
     **retention_cli.COMMANDS,
+    **server_cli.COMMANDS,
 }
 
 

@@ -16,6 +16,9 @@ once) cannot both seal one file: the second finds the path gone or renamed once 
 
 Sealed files are claimed the same way while they are uploaded (`claim`), so that two uploaders
 never send one file twice.
+
+A live writer's file may be read while it grows (`complete_blocks`, `read_blocks`: `runstream server`
+follows the spool so): only complete blocks, the block being written is left for a later read.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -269,9 +273,17 @@ def complete_prefix(fd: int) -> tuple[int, int, int, int]:
     header = _header_end(data)
     if header is None:
         return 0, 0, 0, 0
-    keep, sync = header
+    return _scan_blocks(data, *header)
+
+
+def _scan_blocks(data: _Bytes, keep: int, sync: bytes, max_bytes: int | None = None) -> tuple[int, int, int, int]:
+    """From the block boundary `keep`: (end of the last complete block, its records, blocks, records of a
+    torn next block if known); with `max_bytes`, stops at the first boundary past that many bytes."""
+    start = keep
     records = blocks = 0
     while keep < data.size:
+        if max_bytes is not None and keep - start >= max_bytes:
+            return keep, records, blocks, 0
         read = data.long(keep)
         if read is None:
             return keep, records, blocks, 0
@@ -287,6 +299,56 @@ def complete_prefix(fd: int) -> tuple[int, int, int, int]:
         blocks += 1
         keep = end
     return keep, records, blocks, 0
+
+
+# -- reading a file that is still being written --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Complete blocks of a container file, bytes [start, end): what a reader may decode now, while the
+    writer may still be appending (a live writer's `.avro.open` file)."""
+
+    header: bytes = field(repr=False)  # the file's header (magic, metadata, sync marker): a decoder reads it first
+    start: int
+    end: int
+    records: int
+    blocks: int
+
+    @property
+    def sync(self) -> bytes:
+        """The file's sync marker: random per file, so it tells a file from another of the same name."""
+        return self.header[-_SYNC_SIZE:]
+
+
+def complete_blocks(fd: int, start: int = 0, *, max_bytes: int | None = None) -> Blocks | None:
+    """The complete blocks from byte `start` (0: the first block; else where an earlier call's blocks ended);
+    None while the header is incomplete (the writer has not flushed yet).
+
+    A block still being written (count, size, data or its sync marker not all there yet) ends the run:
+    a later call reads it whole. `max_bytes` bounds one call, so that a large backlog is read in parts.
+    """
+    data = _Bytes(fd, os.fstat(fd).st_size)
+    header = _header_end(data)
+    if header is None:
+        return None
+    header_end, sync = header
+    start = max(start, header_end)
+    if start > header_end and data.at(start - _SYNC_SIZE, _SYNC_SIZE) != sync:
+        raise ValueError(f"byte {start}: not the end of a block (no sync marker before it)")
+    end, records, blocks, _torn = _scan_blocks(data, start, sync, max_bytes)
+    return Blocks(data.at(0, header_end), start, end, records, blocks)
+
+
+def read_blocks(fd: int, blocks: Blocks) -> Iterator[dict[str, Any]]:
+    """The records of `blocks` (decoded by fastavro from the header and the blocks' bytes)."""
+    body = os.pread(fd, blocks.end - blocks.start, blocks.start)
+    if len(body) != blocks.end - blocks.start:
+        raise ValueError(f"bytes {blocks.start}..{blocks.end}: the file is shorter than the blocks read before")
+    for record in fastavro.reader(io.BytesIO(blocks.header + body)):
+        if not isinstance(record, dict):
+            raise ValueError(f"expected records, found {type(record).__name__}")
+        yield record
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -7,7 +7,7 @@ their own SQL unchanged and print the same answer (server/wire.py keeps every va
 read-only; a write (an insert, DDL) is refused with a message that names the server and says what to do.
 
 Errors from the engine arrive as clickhouse-connect's own `DatabaseError`, so the commands' existing error
-handling (one line, exit 2) applies unchanged.
+handling (one line, exit 2) applies unchanged; a refused write is a `FolderHeldByServer`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from runstream.server.wire import decode_result, encode_parameters
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BLOCK_ROWS = 65_536  # rows per block of query_column_block_stream, as the driver's own blocks are sized
+
+
+class FolderHeldByServer(RuntimeError):
+    """A write (or a statement the server's read-only SQL refuses) sent to the server that holds the folder.
+
+    A RuntimeError, so that every command prints it as its one error line, and never a ConnectionError, which
+    the consumer would retry forever."""
 
 
 class RemoteResult:
@@ -106,10 +113,8 @@ class RemoteClient:
     def close(self) -> None:
         """Nothing to release: every request is its own HTTP exchange."""
 
-    def _held(self, what: str) -> Exception:
-        from clickhouse_connect.driver.exceptions import DatabaseError
-
-        return DatabaseError(
+    def _held(self, what: str) -> FolderHeldByServer:
+        return FolderHeldByServer(
             f"cannot {what}: the embedded ClickHouse at {self.folder} is held by `runstream server` "
             f"(pid {self.server.pid}, {self.server.url}), which answers reads only; it loads the spool and Kafka "
             "itself, or stop it to run this command")
@@ -142,4 +147,4 @@ def _error_message(error: urllib.error.HTTPError) -> str:
         return f"HTTP {error.code}: {text[:500]}"
 
 
-__all__ = ["RemoteClient", "RemoteResult"]
+__all__ = ["FolderHeldByServer", "RemoteClient", "RemoteResult"]
