@@ -30,6 +30,7 @@ from runstream.producer.kafka_settings import KafkaSettings
 from runstream.producer.run import Run, producer_stats
 from runstream.producer.settings import ProducerSettings
 from runstream.progress import bar
+from runstream.server.settings import DEFAULT_PORT
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 BATCH_SIZES = (32, 64, 128)
@@ -236,5 +237,7 @@ def run_demo(
     out(f"          or: runstream runs --project {project} --where 'params.lr < 0.001' --sort -metrics.acc "
         f"--clickhouse {shown}")
     out(f"          or: runstream curve {lifecycle_ids[0]} --attempts --metric acc --clickhouse {shown}")
+    out(f"Browse them: runstream server --clickhouse {shown} --spool {spool_dir}")
+    out(f"         then open http://127.0.0.1:{DEFAULT_PORT}/ (runs table, live curves, compare, GPU, drift)")
     sink.close()
     return 0

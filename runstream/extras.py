@@ -24,6 +24,10 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "pyarrow": "server",
     "pandas": "server",
     "prometheus_client": "server",
+    "fastapi": "server",  # runstream server: the HTTP API, its web stack and the UI's charts
+    "starlette": "server",
+    "uvicorn": "server",
+    "plotly": "server",
     "grafanalib": "dashboards",
     "attr": "dashboards",
     "yaml": "dashboards",

@@ -41,7 +41,9 @@ def create_app(state: ServerState) -> FastAPI:
             exporter.stop()
             thread.join(timeout=30)
 
-    app = FastAPI(title="runstream", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and the server works offline.
+    # /openapi.json describes every route.
+    app = FastAPI(title="runstream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="The runstream server's API: runs, curves, comparisons, GPU use, cost, drift and "
                   "read-only SQL over the experiment database. No authentication: it listens on loopback "
                   "unless started with another --host.")

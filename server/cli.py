@@ -35,9 +35,8 @@ log = logging.getLogger("runstream.server")
 
 #: How long the loaders get to finish the batch in hand at shut-down.
 STOP_TIMEOUT_S = 60.0
-#: The modules of the server extra that `runstream server` needs beyond the analysis ones (runstream.extras).
-_SERVER_MODULES = {"fastapi", "starlette", "uvicorn", "plotly", "pydantic_core"} | {
-    module for module, extra in EXTRA_OF_MODULE.items() if extra == "server"}
+#: The modules of the server extra (runstream.extras names each extra's modules once).
+_SERVER_MODULES = {module for module, extra in EXTRA_OF_MODULE.items() if extra == "server"}
 
 
 def add_parsers(commands: Any) -> None:
@@ -47,7 +46,8 @@ def add_parsers(commands: Any) -> None:
         description="One process that owns the embedded ClickHouse folder (or talks to a ClickHouse server), "
         "loads the spool folder continuously (new files, growing files and the open files of live runs, each "
         "record stored once) and/or consumes Kafka, and serves the web UI (/), the HTTP API (/api/..., JSON or "
-        "Arrow; /docs lists it), read-only SQL (POST /api/sql) and the monitor's Prometheus gauges (/metrics). "
+        "Arrow; /openapi.json describes it), read-only SQL (POST /api/sql) and the monitor's Prometheus gauges "
+        "(/metrics). "
         "While it runs, read commands (runs, compare, query, ...) pointed at the same folder go through it. "
         "The API has no authentication: it listens on 127.0.0.1 unless --host says otherwise. "
         "Stops cleanly on SIGTERM/SIGINT.")

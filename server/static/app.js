@@ -8,7 +8,7 @@
 const plotlyReady = new Promise((resolve, reject) => {
   const script = document.createElement("script");
   script.src = "/static/plotly.min.js";
-  script.onload = () => resolve(window.Plotly);
+  script.onload = () => { probe.plotlyAt = performance.now(); resolve(window.Plotly); };
   script.onerror = () => reject(new Error("could not load /static/plotly.min.js from the server"));
   document.head.appendChild(script);
 });
@@ -33,7 +33,7 @@ const state = {
 };
 
 // What tests and bench/ui_responsiveness.py read: draws counted, times from navigation start (performance.now()).
-const probe = { draws: 0, lastDraw: 0, firstDraw: 0, runsRendered: 0, runsRenderMs: 0, runsShownAt: 0, state };
+const probe = { draws: 0, lastDraw: 0, firstDraw: 0, plotlyAt: 0, curvesAt: 0, runsRendered: 0, runsRenderMs: 0, runsShownAt: 0, state };
 window.__runstream = probe;
 
 const $ = (id) => document.getElementById(id);
@@ -230,6 +230,7 @@ function sortedRows() {
 }
 
 function renderRuns() {
+  if (!state.hidden) return;  // no answer from /api/runs yet
   const start = performance.now();
   const shown = state.columns.map((c, i) => [c, i]).filter(([c]) => !state.hidden.has(c));
   const idIndex = state.columns.indexOf("run_id");
@@ -336,6 +337,7 @@ async function loadCurves() {
   try {
     const body = await api("/api/curves", params);
     if (token !== state.curvesToken) return;  // a newer question was asked meanwhile
+    probe.curvesAt = performance.now();
     state.axis = body.x || state.x;
     state.curves = body.curves.map(normalizeCurve);
     state.tailAppended = 0;
