@@ -68,6 +68,7 @@ from runstream.consumer.run_summary import (
     RUN_SUMMARY,
 )
 from runstream.consumer.run_summary import LIFECYCLE_COLUMNS as RUN_SUMMARY_LIFECYCLE_COLUMNS
+from runstream.consumer.spool_progress import SPOOL_PROGRESS
 from runstream.consumer.table_spec import MaterializedView, Table, View, column_name
 from runstream.monitoring.gpu_hours import SAMPLE_MS_SQL, SLOT_OF_SAMPLE_SQL, slot_held_ms_sql
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
@@ -570,7 +571,7 @@ RUN_VIEWS: tuple[View, ...] = (METRIC_SUMMARY, GPU_USAGE_HOURLY, GPU_USAGE_BY_RU
 #: Every table of every migration: the cluster DDL and the consumer's column checks read this.
 TABLES: tuple[Table, ...] = (FACT_TABLES + ROLLUP_TABLES + DRIFT_TABLES + COST_TABLES + GPU_HELD_TABLES
                              + (RUN_SUMMARY, RUN_KEYS) + LIFECYCLE_TABLES + (RETENTION_RULES,)
-                             + METRIC_EVENT_TABLES + (METRIC_GOALS,))
+                             + METRIC_EVENT_TABLES + (METRIC_GOALS, SPOOL_PROGRESS))
 VIEWS: tuple[View, ...] = RUN_VIEWS + COST_VIEWS + ANALYSIS_VIEWS + RANK_VIEWS
 
 
@@ -730,6 +731,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         + tuple(create_view_sql(view, _DB) for view in RANK_VIEWS)
         # curves keep spikes: min, max and last per bucket, NaN/±Inf counted (runstream.analysis.curves)
         + (_replace_view_sql(METRIC_CURVE),),
+    ),
+    Migration(
+        10,
+        "spool_progress: how far each spool file is loaded (runstream ingest and runstream server share it)",
+        (create_table_sql(SPOOL_PROGRESS, f"{_DB}.{SPOOL_PROGRESS.name}"),),
     ),
 )
 

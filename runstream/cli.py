@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="load spooled runs (Avro container files) into ClickHouse",
         description="Load every sealed spool file (*.avro) under SPOOL_DIR into ClickHouse, after sealing the "
         "files that killed processes left open (*.avro.open whose writer is gone; a torn last block is cut and "
-        "counted; files of running processes are left alone). Loading the same files again stores nothing twice.",
+        "counted; files of running processes are left alone). What was loaded is recorded in the database "
+        "(spool_progress, shared with `runstream server --spool`): files already loaded are skipped, a file the "
+        "server loaded part of is read from there, so loading the same files again stores nothing twice.",
     )
     ingest.add_argument("spool_dir", type=Path, metavar="SPOOL_DIR")
     _add_clickhouse(ingest)
@@ -362,7 +364,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest_spool(args.spool_dir, sink, progress=args.progress)
     sink.close()
     print(f"ingested {report.files} files: {report.events} events, {report.points} metric points"
-          f"{_other_ranks(report.rank_points)}")
+          f"{_other_ranks(report.rank_points)}; skipped {report.skipped} files already loaded")
     print(f"recovered {report.recovered} files left open by dead processes ({report.cut_bytes} torn bytes cut, "
           f"{report.cut_records} records in them); left {report.live} files of running processes alone")
     for path in report.unreadable:

@@ -11,13 +11,13 @@ recovered first, as `ingest` does (sealed at their last complete block, `schemas
 `recover_file`); the offset stays valid since only a torn tail past it is cut.
 
 Progress is durable: after the sink's write returned, the offsets of the files it covered are written to
-`spool_progress` in the same database (the folder, the file's name without its suffix, its sync marker, the
-offset, the records, whether the sealed file is done). A follower started again (the server restarted)
-reads them back and stores nothing twice; a file whose sync marker differs is another file under an old
-name and is read from its start. A write that fails part-way is retried from the first table it did not
-finish (the sink's `completed`), so no rows repeat. What cannot be exact: the server killed between a
-write's acknowledgement and the progress insert (milliseconds) re-reads that batch, whose rows then repeat
-without FINAL (every table is a ReplacingMergeTree; FINAL stays exact).
+`spool_progress` in the same database (consumer/spool_progress.py: the record `runstream ingest` keeps too,
+and the per-file reading past it). A follower started again (the server restarted), or started on a folder
+that `runstream ingest` loaded, reads them back and stores nothing twice; a file whose sync marker differs
+is another file under an old name and is read from its start. A write that fails part-way is retried from
+the first table it did not finish (the sink's `completed`), so no rows repeat. What cannot be exact: the
+server killed between a write's acknowledgement and the progress insert (milliseconds) re-reads that batch,
+whose rows then repeat without FINAL (every table is a ReplacingMergeTree; FINAL stays exact).
 
 A run's other files wait until something of its open `run_started` file was stored, so that points do not
 overtake the run's start (their project would be unknown). A sealed file loaded to its end is not looked
@@ -32,40 +32,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from runstream.consumer.batch import TABLE_COLUMNS, Batch
 from runstream.consumer.clickhouse_sink import ClickHouseSink
 from runstream.consumer.ingest import IngestReport, add_event, new_batch, write_batch
 from runstream.consumer.retry import RetryPolicy, ShutdownRequested, is_retryable, retry
-from runstream.schemas.spool import (
-    OPEN_SUFFIX,
-    SPOOL_SUFFIX,
-    complete_blocks,
-    contract_order,
-    read_blocks,
-    recover_file,
-)
+from runstream.consumer.spool_progress import FileProgress, ProgressStore, file_key, unread_parts
+from runstream.schemas.spool import OPEN_SUFFIX, SPOOL_SUFFIX, contract_order, recover_file
 
 log = logging.getLogger(__name__)
 
-#: Where the follower keeps its progress, in the database it loads into (so that progress and rows agree).
-PROGRESS_TABLE = "spool_progress"
-_PROGRESS_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.spool_progress (
-    spool String,
-    file String,
-    sync String,
-    offset UInt64,
-    records UInt64,
-    sealed Bool,
-    version UInt64
-) ENGINE = ReplacingMergeTree(version) ORDER BY (spool, file)
-"""
-_PROGRESS_COLUMNS = ("spool", "file", "sync", "offset", "records", "sealed", "version")
-
-#: The bytes of one file read at once: a large backlog (a server started late) is loaded in parts.
-READ_BYTES = 16 * 1024 * 1024
 #: Write a batch once it holds this many points (as `runstream ingest`).
 BATCH_MAX_POINTS = 500_000
 #: A folder's listing is reused while its modification time stays older than this: file systems stamp
@@ -80,16 +56,6 @@ class FollowReport(IngestReport):
     """What one poll (or, in `SpoolFollower.totals`, every poll) loaded. `files`: files it read records from."""
 
     live_files: int = 0  # open files of live writers it read records from
-
-
-@dataclass(frozen=True)
-class FileProgress:
-    """How far one spool file is stored: bytes [0, offset) hold `records` records, all stored."""
-
-    sync: bytes
-    offset: int
-    records: int
-    sealed: bool = False  # its sealed file is stored to the end: nothing more will come
 
 
 @dataclass
@@ -109,33 +75,6 @@ class _Listing:
     listed_at_ns: int
     folders: list[Path]
     files: list[tuple[Path, str]]  # (path, progress key)
-
-
-class ProgressStore:
-    """The `spool_progress` table: read once at start, one row per file that moved after each stored batch."""
-
-    def __init__(self, client: Any, database: str, spool: Path) -> None:
-        self.client = client
-        self.database = database
-        self.spool = str(spool)
-        self._version = 0
-        client.command(_PROGRESS_DDL.replace("{db}", database))
-
-    def load(self) -> dict[str, FileProgress]:
-        rows = self.client.query(
-            f"SELECT file, sync, offset, records, sealed FROM {self.database}.{PROGRESS_TABLE} FINAL "  # noqa: S608
-            "WHERE spool = {spool:String}", parameters={"spool": self.spool}).result_rows
-        return {str(name): FileProgress(bytes.fromhex(str(sync)), int(offset), int(records), bool(sealed))
-                for name, sync, offset, records, sealed in rows}
-
-    def save(self, progress: dict[str, FileProgress]) -> None:
-        if not progress:
-            return
-        # Later rows win (ReplacingMergeTree by version); kept increasing within the process if the clock steps.
-        self._version = max(time.time_ns(), self._version + 1)
-        rows = [[self.spool, name, item.sync.hex(), item.offset, item.records, item.sealed, self._version]
-                for name, item in progress.items()]
-        self.client.insert(f"{self.database}.{PROGRESS_TABLE}", rows, column_names=list(_PROGRESS_COLUMNS))
 
 
 class SpoolFollower:
@@ -288,8 +227,7 @@ class SpoolFollower:
         return listing
 
     def _key(self, path: Path) -> str:
-        name = str(path.relative_to(self.folder))
-        return name[: -len(OPEN_SUFFIX)] if name.endswith(OPEN_SUFFIX) else name[: -len(SPOOL_SUFFIX)]
+        return file_key(self.folder, path)
 
     def _done(self, key: str) -> bool:
         stored = self.stored.get(key)
@@ -345,33 +283,12 @@ class SpoolFollower:
               report: FollowReport) -> None:
         """Add the file's new complete blocks to the pending batch, a part at a time, recording its progress
         with each part (a full batch is stored between parts)."""
-        size = os.fstat(fd).st_size
-        if before is not None and before.offset == size:  # nothing new (the common case of an idle live file)
-            if not is_open:
-                self._pending.progress[key] = FileProgress(before.sync, before.offset, before.records, sealed=True)
-            return
-        header = complete_blocks(fd, 0, max_bytes=0)
-        if header is None:  # the writer has not flushed its header yet
-            return
-        if before is not None and before.sync != header.sync:
-            log.warning("spool file %s: another file than the one stored under its name (sync marker changed); "
-                        "loading it from its start", path)
-            before = None
-        offset, records = (before.offset, before.records) if before is not None else (header.start, 0)
         event_type = path.name.split(".", 1)[0]
-        while True:
-            blocks = complete_blocks(fd, offset, max_bytes=READ_BYTES)
-            if blocks is None or not blocks.blocks:
-                break
+        for part in unread_parts(fd, path, before, sealed=not is_open):
             pending = self._pending
-            for record in read_blocks(fd, blocks):
-                add_event(pending.batch, event_type, record, path, report)
-            offset, records = blocks.end, records + blocks.records
-            pending.progress[key] = FileProgress(header.sync, offset, records)
-            pending.run_ids.add(path.parent.name)
+            if part.blocks is not None:
+                for record in part.records(fd):
+                    add_event(pending.batch, event_type, record, path, report)
+                pending.run_ids.add(path.parent.name)
+            pending.progress[key] = part.progress
             self._store_if_full(report)
-        if not is_open:
-            if offset < size:
-                log.error("spool file %s: %d bytes after its last complete block are not a block; not loaded",
-                          path, size - offset)
-            self._pending.progress[key] = FileProgress(header.sync, offset, records, sealed=True)

@@ -196,7 +196,7 @@ def test_delete_needs_yes_then_leaves_no_row_in_any_table_and_one_audit_row(
     assert dict(kept[0][0]) == dict(audit[0][2])
 
     # its events replayed (a replica reading the other topics from the start): a deleted run stays deleted
-    assert not ingest_spool(tmp_path / "gone", ClickHouseSink(dsn)).rejected
+    assert not ingest_spool(tmp_path / "gone", ClickHouseSink(dsn), replay=True).rejected
     assert counts(client, db, gone) == dict.fromkeys(RUN_ID_TABLES, 0)
     assert {run: (counts(client, db, run), counts(client, db, run, final=True)) for run in (keep, hide)} == others
 

@@ -66,7 +66,7 @@ def drift_data(tmp_path: Path, clickhouse_dsn: str) -> dict[str, Any]:
     client, db, sink = _sink(clickhouse_dsn)
     report = ingest_spool(spool, sink)
     assert not report.rejected
-    ingest_spool(spool, sink)  # loaded twice, e.g. after a crash: nothing may count twice
+    ingest_spool(spool, sink, replay=True)  # loaded twice, e.g. after a crash: nothing may count twice
     return {"client": client, "db": db, "t0": t0, "ref_x": ref_x, "ref_c": ref_c, "windows": windows}
 
 

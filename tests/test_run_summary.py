@@ -272,8 +272,8 @@ def test_ingesting_a_spool_twice_keeps_the_summary_exact(clickhouse_dsn: str, sp
     run.log({"acc": 0.0}, step=29)  # logged again, later: the final and the max move back
     run.finish()
     sink = ClickHouseSink(clickhouse_dsn)
-    for _ in range(2):
-        report = ingest_spool(spool_dir, sink)
+    for replay in (False, True):  # every point delivered twice (replay: past the spool's record of what it loaded)
+        report = ingest_spool(spool_dir, sink, replay=replay)
         assert not report.rejected
     got = stored_summary(sink.client, sink.database)[run.run_id]
     assert got["acc"]["final"] == 0.0 and got["acc"]["max_value"] == 28 / 30 and got["acc"]["max_step"] == 28
