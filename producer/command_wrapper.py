@@ -287,15 +287,17 @@ def _process_tree_gpus() -> NvmlGpus:
         return NvmlGpus()
 
 
-def _terminal_sent_it_to_the_child(child_pid: int) -> bool:
+def _terminal_sent_it_to_the_child(child_pid: int | None) -> bool:
     """Whether a SIGINT we got was most likely Ctrl-C, already delivered by the terminal to the child:
-    true when our process group is the terminal's foreground group and the child is still in it."""
+    true when our process group is the terminal's foreground group and the child is still in it
+    (`child_pid` None: a child that has already ended, which was in it)."""
     try:
         fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
     except OSError:
         return False  # no controlling terminal (a scheduler, a container, a test): someone used kill
     try:
-        return os.tcgetpgrp(fd) == os.getpgrp() == os.getpgid(child_pid)
+        ours = os.getpgrp()
+        return os.tcgetpgrp(fd) == ours and (child_pid is None or os.getpgid(child_pid) == ours)
     except OSError:
         return False
     finally:
@@ -342,9 +344,12 @@ class _Supervisor:
 
     def _forward(self, signum: int) -> None:
         child = self.child
-        if child is None or child.returncode is not None:
+        if child is None:
             return
-        if signum == signal.SIGINT and _terminal_sent_it_to_the_child(child.pid):
+        # A child that handled the terminal's Ctrl-C may have ended (and been reaped) before this handler ran:
+        # the signal still came from the terminal, and the log says so either way.
+        ended = child.returncode is not None
+        if signum == signal.SIGINT and _terminal_sent_it_to_the_child(None if ended else child.pid):
             log.info("runstream: SIGINT not forwarded: the terminal sent it to the command as well")
             return
         try:

@@ -60,11 +60,11 @@ def add_parsers(commands: Any) -> None:
     server.add_argument("--kafka", default=None, metavar="BOOTSTRAP",
                         help="also consume runstream's topics from these Kafka bootstrap servers, as `runstream "
                         "consume` does (group runstream-consumer unless --group)")
-    server.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a librdkafka option for --kafka, e.g. security.protocol=SASL_SSL (repeatable; see "
-                        "`runstream consume --help`)")
-    server.add_argument("--topic-prefix", default=None, help="with --kafka: prefix of the topic names "
-                        "[env RUNSTREAM_TOPIC_PREFIX]")
+    # runstream.cli builds the parser, so it is loaded by now: one set of Kafka options for every command.
+    from runstream.cli import _add_kafka_client, _add_topic_prefix
+
+    _add_kafka_client(server, config=False)  # --config came with --clickhouse
+    _add_topic_prefix(server)
     server.add_argument("--group", default=None, help="with --kafka: consumer group id (default runstream-consumer) "
                         "[env RUNSTREAM_GROUP]")
     server.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1: this machine only; "

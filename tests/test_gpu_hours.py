@@ -49,8 +49,8 @@ def paused_run(tmp_path: Path, clickhouse_dsn: str) -> tuple[Any, str, str]:
         run.log({"loss": 1.0}, step=0)
         run.log_gpu_samples(_gpu_samples(0, GPU0_S) + _gpu_samples(1, GPU1_S), host="node-1")
     sink = ClickHouseSink(clickhouse_dsn)
-    for _ in range(2):  # delivered twice: FINAL hides the twin, the rollup's min/max never count it
-        assert not ingest_spool(spool, sink).rejected
+    for replay in (False, True):  # delivered twice: FINAL hides the twin, the rollup's min/max never count it
+        assert not ingest_spool(spool, sink, replay=replay).rejected
     client, db = sink.client, sink.database
     assert client.query(f"SELECT count() FROM {db}.gpu_samples").result_rows[0][0] == 2 * (len(GPU0_S) + len(GPU1_S))
     return client, db, run.run_id

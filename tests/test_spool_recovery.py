@@ -420,6 +420,11 @@ def test_a_connected_job_takes_only_dead_outage_files_meant_for_its_own_topics(
 
 
 def _prefix_of(path: Path) -> str | None:
+    """The file's topic prefix; None also for a file its writer was killed before it wrote the header into (the
+    recovery cannot tell whose it is either, and leaves it alone)."""
     with open(path, "rb") as handle:
-        value = fastavro.reader(handle).metadata.get("runstream.topic_prefix")
+        try:
+            value = fastavro.reader(handle).metadata.get("runstream.topic_prefix")
+        except (ValueError, EOFError):
+            return None
     return None if value is None else str(value)
