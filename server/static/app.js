@@ -14,11 +14,11 @@ const plotlyReady = new Promise((resolve, reject) => {
 });
 plotlyReady.catch(() => {});  // reported where a chart awaits it, never as an unhandled rejection
 const BUCKETS = 1000;          // buckets per curve (the API answers full resolution when a range holds fewer points)
-// Live polling: every 0.5 s (a point logged reaches the chart within 2 s: SDK flush + server load + this poll),
-// slower when the server is slow to answer (twice its last answer's time, at most 5 s), so many open pages
-// or huge curves never pile requests onto the server.
+// Live polling: the next poll starts 0.5 s after the previous one was answered and drawn (a point logged
+// reaches the chart within 2 s: SDK flush + server load + this poll). One request at a time, so a slow server
+// slows the polls down by itself and many open pages never pile requests onto it; a longer back-off (tried:
+// twice the last answer's time) only added seconds to the delay whenever the machine was loaded.
 const POLL_MS = 500;
-const POLL_MAX_MS = 5000;
 const RUN_LIMIT = 10000;       // the most runs the table asks for (the API's limit)
 const FULL_RETRY_MS = 5000;    // live: how often to ask again for a selected run that has no curve yet
 const RUNS_REFRESH_MS = 5000;  // live: how often the runs table is read again (new runs, statuses, finals)
@@ -390,7 +390,6 @@ async function pollTail() {
 }
 
 async function liveLoop() {
-  const start = performance.now();
   try {
     const typing = document.activeElement === $("filter");
     if (state.live && !typing && performance.now() - state.runsAt > RUNS_REFRESH_MS) loadRuns();
@@ -399,7 +398,7 @@ async function liveLoop() {
   } catch (error) {
     showError("curves-error", error);
   }
-  window.setTimeout(liveLoop, Math.min(POLL_MAX_MS, Math.max(POLL_MS, 2 * (performance.now() - start))));
+  window.setTimeout(liveLoop, POLL_MS);
 }
 
 function smooth(values, weight) {
@@ -668,7 +667,7 @@ async function start() {
   loadHealth();
   await Promise.all([loadProjects(), loadRuns(), loadView()]);
   setSelectionLabel();
-  window.setTimeout(liveLoop, Math.min(POLL_MAX_MS, Math.max(POLL_MS, 2 * (performance.now() - start))));
+  window.setTimeout(liveLoop, POLL_MS);
 }
 
 function setSelectionLabel() {
