@@ -157,6 +157,11 @@ def clickhouse_error_line(error: BaseException) -> str:
     return f"ClickHouse: {text}"
 
 
+def is_clickhouse_error(error: BaseException) -> bool:
+    """An error raised by the ClickHouse driver or the embedded engine (bad SQL, an unknown table...)."""
+    return type(error).__module__.startswith(("clickhouse_connect", "chdb"))
+
+
 def clickhouse_errors(handler: Handler) -> Handler:
     """Server errors (bad SQL, unknown table...) become one readable line (the CLI prints it and exits 2),
     not a traceback."""
@@ -166,7 +171,7 @@ def clickhouse_errors(handler: Handler) -> Handler:
         try:
             return handler(args)
         except Exception as error:
-            if type(error).__module__.startswith(("clickhouse_connect", "chdb")):
+            if is_clickhouse_error(error):
                 raise RuntimeError(clickhouse_error_line(error)) from None
             raise
 

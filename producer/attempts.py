@@ -20,6 +20,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from runstream.processes import process_alive
+
 #: Environment variables of schedulers that count restarts from 0 (first start).
 RESTART_COUNTERS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
 MAX_ATTEMPT = 2**31 - 1
@@ -83,12 +85,5 @@ def resolve_attempt(run_id: str, *, resumed: bool, spool: str | Path, auto: bool
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process starting a new attempt of its own run (a resume in-process)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # this process starting a new attempt of its own run (a resume in-process) does not hold it
+    return pid != os.getpid() and process_alive(pid)

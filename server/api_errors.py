@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from runstream.analysis.cli import clickhouse_error_line
+from runstream.analysis.cli import clickhouse_error_line, is_clickhouse_error
 from runstream.server.read_only import ReadOnlyRefused
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ class UnknownRun(LookupError):
 
 def error_body(message: str) -> dict[str, str]:
     return {"error": message}
-
-
-def _is_clickhouse(error: BaseException) -> bool:
-    return type(error).__module__.startswith(("clickhouse_connect", "chdb"))
 
 
 def _validation_message(error: RequestValidationError) -> str:
@@ -80,7 +76,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(str(error)), status_code=503)
 
     async def on_any(request: Request, error: Exception) -> JSONResponse:
-        if _is_clickhouse(error):  # an engine error of another class than clickhouse-connect's
+        if is_clickhouse_error(error):  # an engine error of another class than clickhouse-connect's
             return await on_clickhouse(request, error)
         log.error("runstream server: %s %s failed: %s: %s", request.method, request.url.path,
                   type(error).__name__, error)

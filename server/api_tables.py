@@ -20,8 +20,7 @@ from fastapi.responses import Response
 from runstream.analysis import queries
 from runstream.output import json_value
 from runstream.server.api_errors import UnknownRun
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
+from runstream.server.wire import ARROW_STREAM
 
 
 class Format(StrEnum):

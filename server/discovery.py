@@ -6,7 +6,8 @@ database); a read command that is pointed at that folder finds the file, checks 
 (the pid lives and `/api/health` answers with that pid, so a stale file left by a killed server or a port reused by
 another program is never trusted) and sends its SQL to the server instead.
 
-Standard library only: the read path of every command imports this module before it knows whether a server runs.
+Standard library only (runstream.processes is too): the read path of every command imports this module before it
+knows whether a server runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from runstream.processes import process_alive
 
 SERVER_FILE = "runstream-server.json"
 HEALTH_TIMEOUT_S = 2.0
@@ -53,7 +56,7 @@ def announce(data_folder: Path, url: str, database: str) -> Iterator[None]:
 def running_server(data_folder: Path) -> ServerAddress | None:
     """The live server that holds `data_folder`, or None (no file, a dead pid, or no answer from its API)."""
     address = _read(data_folder / SERVER_FILE)
-    if address is None or not _alive(address.pid):
+    if address is None or not process_alive(address.pid):
         return None
     try:
         with urllib.request.urlopen(f"{address.url}/api/health", timeout=HEALTH_TIMEOUT_S) as response:  # noqa: S310
@@ -70,16 +73,6 @@ def _read(path: Path) -> ServerAddress | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return address if address.url.startswith(("http://", "https://")) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 __all__ = ["SERVER_FILE", "ServerAddress", "announce", "running_server"]

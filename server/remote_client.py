@@ -21,9 +21,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from runstream.server.discovery import ServerAddress
-from runstream.server.wire import decode_result, encode_parameters
+from runstream.server.wire import ARROW_STREAM, decode_result, encode_parameters
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BLOCK_ROWS = 65_536  # rows per block of query_column_block_stream, as the driver's own blocks are sized
 
 

@@ -23,6 +23,9 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+#: The media type of an Arrow IPC stream, the API's `?format=arrow` answer.
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
 
 def _float(value: float) -> Any:
     return value if math.isfinite(value) else {"$float": repr(value)}  # 'inf', '-inf', 'nan'
@@ -116,5 +119,5 @@ def decode_result(body: bytes) -> tuple[list[str], list[str], list[tuple[Any, ..
             [tuple(decode_value(value) for value in row) for row in data["rows"]])
 
 
-__all__ = ["decode_parameters", "decode_result", "decode_value", "encode_parameters", "encode_result",
-           "encode_value"]
+__all__ = ["ARROW_STREAM", "decode_parameters", "decode_result", "decode_value", "encode_parameters",
+           "encode_result", "encode_value"]

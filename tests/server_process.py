@@ -29,13 +29,22 @@ class ServerProcess:
     output: list[str] = field(default_factory=list)  # every line it printed (stdout and stderr), as it prints
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without RUNSTREAM_* settings, so that a developer's own (a DSN, a spool folder)
+    never reaches a server or a command a test starts."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("RUNSTREAM_")}
+
+
 @contextmanager
 def running_server(*args: str, timeout_s: float = 60.0, env: dict[str, str] | None = None,
                    cwd: Path | None = None) -> Iterator[ServerProcess]:
-    """`runstream server --port 0 ARGS...` until the block ends; then SIGTERM and a bounded wait (kill after)."""
+    """`runstream server --port 0 ARGS...` until the block ends; then SIGTERM and a bounded wait (kill after).
+
+    It runs in `clean_environment()` plus `env`. After the block, `process.returncode` is its exit status and
+    `output` holds everything it printed."""
     command: Sequence[str] = [sys.executable, "-m", "runstream.cli", "server", "--port", "0", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **(env or {})}, cwd=cwd)
+                               env={**clean_environment(), **(env or {})}, cwd=cwd)
     lines: queue.Queue[str | None] = queue.Queue()
     output: list[str] = []
 
@@ -46,7 +55,8 @@ def running_server(*args: str, timeout_s: float = 60.0, env: dict[str, str] | No
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout_s
     url = None
     while url is None:
@@ -70,3 +80,4 @@ def running_server(*args: str, timeout_s: float = 60.0, env: dict[str, str] | No
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
+        reader.join(timeout=10)  # its last lines (the log written while it stopped) are in `output` too

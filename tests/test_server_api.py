@@ -11,15 +11,10 @@ the clean SIGTERM exit (exit 0, discovery file removed).
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from server_process import clean_environment, running_server
 
 import runstream
 from runstream.server import wire
@@ -42,9 +38,6 @@ STEPS = 60
 #: loss of run "a": spikes the downsampling must keep (NaN and ±Inf are counted, never ranked)
 SPIKES = {5: math.inf, 6: math.nan, 7: -math.inf}
 RUNS = {"a": (0.1, "sgd"), "b": (0.01, "adam"), "c": (0.001, "adam")}
-READY_TIMEOUT_S = 90.0
-#: Each server process's output readers, joined once it exited (so its last stderr lines are read).
-_READERS: dict[int, list[threading.Thread]] = {}
 
 
 def loss_of(name: str, step: int) -> float:
@@ -109,52 +102,7 @@ class Served:
     process: subprocess.Popen[str]
     direct: dict[str, Any]
     ids: dict[str, str]
-    stderr: list[str]
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
-
-
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str, list[str]]:
-    """A `runstream server` subprocess and its URL, once it printed its ready line (bounded wait)."""
-    process = subprocess.Popen([sys.executable, "-m", "runstream.cli", "server", "--no-spool", "--port", "0", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    lines: queue.Queue[str | None] = queue.Queue()
-    stderr: list[str] = []
-
-    def read(stream: io.TextIOBase, into: queue.Queue[str | None] | list[str]) -> None:
-        for line in stream:
-            into.put(line) if isinstance(into, queue.Queue) else into.append(line)
-        if isinstance(into, queue.Queue):
-            into.put(None)
-
-    assert process.stdout is not None and process.stderr is not None
-    readers = [threading.Thread(target=read, args=(process.stdout, lines), daemon=True),
-               threading.Thread(target=read, args=(process.stderr, stderr), daemon=True)]
-    for reader in readers:
-        reader.start()
-    _READERS[process.pid] = readers
-    try:
-        line = lines.get(timeout=READY_TIMEOUT_S)
-    except queue.Empty:
-        line = None
-    if line is None or not line.startswith("runstream server: http://"):
-        process.kill()
-        raise AssertionError(f"no ready line ({line!r}); stderr:\n{''.join(stderr)}")
-    return process, line.split()[2], stderr
-
-
-def _stop(process: subprocess.Popen[str]) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    for reader in _READERS.pop(process.pid, []):
-        reader.join(timeout=10)
-    return code
+    output: list[str]  # what it printed, stdout and stderr
 
 
 @pytest.fixture(scope="module")
@@ -164,17 +112,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     spool.mkdir()
     _log(spool)
     subprocess.run([sys.executable, "-m", "runstream.cli", "ingest", str(spool), "--clickhouse", dsn], check=True,
-                   capture_output=True, text=True, env=_env(), timeout=120)
-    done = subprocess.run([sys.executable, "-c", DIRECT, dsn], capture_output=True, text=True, env=_env(),
+                   capture_output=True, text=True, env=clean_environment(), timeout=120)
+    done = subprocess.run([sys.executable, "-c", DIRECT, dsn], capture_output=True, text=True, env=clean_environment(),
                           timeout=120)
     assert done.returncode == 0, done.stderr
     direct = json.loads(done.stdout)
-    process, url, stderr = _start(["--clickhouse", dsn, "--metrics-interval", "0.5"])
-    try:
-        yield Served(url, process, direct, direct["ids"], stderr)
-    finally:
-        code = _stop(process)
-        assert code == 0, "".join(stderr)
+    with running_server("--no-spool", "--clickhouse", dsn, "--metrics-interval", "0.5") as server:
+        yield Served(server.url, server.process, direct, direct["ids"], server.output)
+    assert server.process.returncode == 0, "".join(server.output)
 
 
 def fetch(url: str, body: dict[str, Any] | None = None) -> tuple[int, str, bytes]:
@@ -351,7 +296,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_answering(served: Served) -> 
     assert ok(served, "/api/health")["status"] == "ok"
     assert served.process.poll() is None
     # the default host: loopback, reached there, and nothing to warn about
-    assert served.url.startswith("http://127.0.0.1:") and "WARNING" not in "".join(served.stderr)
+    assert served.url.startswith("http://127.0.0.1:") and "WARNING" not in "".join(served.output)
 
 
 def test_metrics_serves_the_monitor_gauges(served: Served) -> None:
@@ -368,23 +313,20 @@ def test_metrics_serves_the_monitor_gauges(served: Served) -> None:
 
 def test_all_interfaces_warn_and_sigterm_exits_cleanly(tmp_path: Path) -> None:
     folder = tmp_path / "data"
-    process, url, stderr = _start(["--clickhouse", f"chdb://{folder}", "--host", "0.0.0.0"])  # noqa: S104
-    try:
-        assert url.startswith("http://127.0.0.1:")  # reached on loopback, bound everywhere
+    with running_server("--no-spool", "--clickhouse", f"chdb://{folder}", "--host", "0.0.0.0") as server:  # noqa: S104
+        assert server.url.startswith("http://127.0.0.1:")  # reached on loopback, bound everywhere
         record = json.loads((folder / SERVER_FILE).read_text())
-        assert record["url"] == url and record["pid"] == process.pid
-        assert json.loads(fetch(url + "/api/health")[2])["pid"] == process.pid
-    finally:
-        code = _stop(process)
-    assert code == 0, "".join(stderr)
-    warning = "".join(stderr)
+        assert record["url"] == server.url and record["pid"] == server.process.pid
+        assert json.loads(fetch(server.url + "/api/health")[2])["pid"] == server.process.pid
+    warning = "".join(server.output)
+    assert server.process.returncode == 0, warning
     assert "WARNING" in warning and "NO authentication" in warning and "listening on 0.0.0.0" in warning  # noqa: S104
     assert not (folder / SERVER_FILE).exists()
 
 
 def test_help_explains_every_option() -> None:
     done = subprocess.run([sys.executable, "-m", "runstream.cli", "server", "--help"], capture_output=True, text=True,
-                          env=_env(), timeout=60, check=True)
+                          env=clean_environment(), timeout=60, check=True)
     text = " ".join(done.stdout.split())
     for option in ("--clickhouse", "--spool", "--no-spool", "--kafka", "--kafka-option", "--topic-prefix", "--group",
                    "--host", "--port", "--open", "--metrics-interval", "RUNSTREAM_SERVER_HOST", "no authentication",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_process import running_server
+from server_process import clean_environment, running_server
 
 from runstream.consumer import ClickHouseSink
 from runstream.consumer.dsn import connect
@@ -64,13 +64,12 @@ class Trainer:
     """The training child; its stdout lines are read by a thread into `lines`."""
 
     def __init__(self, spool: Path, name: str, *, steps: int, pause: float, flush_every: int = 0) -> None:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RUNSTREAM_")}
         #: steps -1: the child logs until this file exists, then finishes its run
         self.stop_file = spool.parent / f"stop-{name}"
         self.process = subprocess.Popen(
             [sys.executable, "-c", TRAIN, str(spool), name, str(steps), str(pause), str(flush_every),
              str(self.stop_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_environment())
         self.lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -343,8 +342,7 @@ def test_the_server_loads_a_live_run_while_the_cli_answers(tmp_path: Path) -> No
     dsn = f"chdb://{tmp_path / 'data'}"  # the server's own folder: only its process opens it
     spool = tmp_path / "spool"
     spool.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RUNSTREAM_")}
-    with running_server("--clickhouse", dsn, "--spool", str(spool), env=env) as server:
+    with running_server("--clickhouse", dsn, "--spool", str(spool)) as server:
         trainer = Trainer(spool, "e2e", steps=-1, pause=0.02)
         latencies: dict[int, float] = {}
         try:
@@ -362,7 +360,7 @@ def test_the_server_loads_a_live_run_while_the_cli_answers(tmp_path: Path) -> No
             wait_for(seen_through_api, 60, "40 steps visible through the API")
             listed = subprocess.run([sys.executable, "-m", "runstream.cli", "runs", "--clickhouse", dsn,
                                      "--project", "live", "--format", "json"],
-                                    capture_output=True, text=True, timeout=120, env=env)
+                                    capture_output=True, text=True, timeout=120, env=clean_environment())
             assert trainer.process.poll() is None, "the run was still live when the CLI answered"
             assert listed.returncode == 0, listed.stderr
             assert [row["name"] for row in json.loads(listed.stdout)] == ["e2e"]
