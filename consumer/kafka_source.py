@@ -54,6 +54,9 @@ class KafkaSource:
             config.setdefault("session.timeout.ms", STATIC_SESSION_TIMEOUT_MS)
         self.topics = [topic_for(topic_prefix, event_type) for event_type in EVENT_TYPES]
         self._paused = False
+        #: The (topic, partition) pairs this member owns now, as the rebalance callbacks last set them
+        #: (replaced whole, so another thread reads a consistent snapshot): for tests and diagnostics.
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
         # The callbacks below take the assignment themselves, which differs by rebalance protocol.
         self._cooperative = "cooperative" in str(config.get("partition.assignment.strategy", ""))
         self._consumer = settings.build(Consumer, config, "consumer")
@@ -68,6 +71,7 @@ class KafkaSource:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        self.assigned = self._owned(consumer)
         if self._paused and partitions:
             consumer.pause(partitions)
             log.info("assigned %d partition(s) during a write retry; they stay paused", len(partitions))
@@ -80,6 +84,11 @@ class KafkaSource:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
+        self.assigned = self._owned(consumer)
+
+    @staticmethod
+    def _owned(consumer: Any) -> frozenset[tuple[str, int]]:
+        return frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
 
     def poll(self, max_messages: int, timeout: float) -> list[Any]:
         """Messages that arrived (possibly none). A broker that is away is logged and waited out
@@ -129,7 +138,7 @@ class KafkaSource:
             return False
         # A partition revoked between the write and this commit belongs to another member now:
         # committing for it could move its new owner's offset back; it re-reads from the last commit.
-        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        owned = self._owned(self._consumer)
         revoked = [key for key in latest if key not in owned]
         for key in revoked:
             del latest[key]

@@ -28,10 +28,10 @@ from runstream.schemas import topic_for
 FAST_RETRY = RetryPolicy(attempts=5, deadline_s=30, initial_backoff_s=0.05, max_backoff_s=0.2)
 
 
-def log_runs(kafka: str, prefix: str, runs: int, steps: int) -> int:
-    """Log runs through the SDK; return the number of events sent."""
+def log_runs(kafka: str, prefix: str, runs: int, steps: int, first_index: int = 0) -> int:
+    """Log runs (named run-N from `first_index`) through the SDK; return the number of events sent."""
     before = producer_stats()["sent_events"]
-    for index in range(runs):
+    for index in range(first_index, first_index + runs):
         run = runstream.init("svc", f"run-{index}", kafka=kafka, topic_prefix=prefix, sample_interval=0)
         for step in range(steps):
             run.log({"loss": 1.0 / (step + 1), "acc": step / steps}, step=step)
@@ -168,24 +168,45 @@ def test_two_consumers_share_partitions_and_a_stopped_one_loses_nothing(
     ]
     for thread in threads:
         thread.start()
-    events = log_runs(kafka_bootstrap, topic_prefix, runs=6, steps=300)
-    # Stop the first member once it has written something, while the stream is still being read.
+    # Both members must hold partitions before anything is logged: under load the second can join late,
+    # and a member that joined after the stream was read would have nothing left to do.
+    metric_partitions = {(topic_for(topic_prefix, "metric_steps"), partition) for partition in range(6)}
     deadline = time.monotonic() + 60
-    while first.stats.events == 0 and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+            first.source.assigned & metric_partitions and second.source.assigned & metric_partitions
+            and (first.source.assigned | second.source.assigned) >= metric_partitions):
         threading.Event().wait(0.05)
+    assert first.source.assigned and second.source.assigned, "both members joined the group"
+
+    def consumed(expected: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while first.stats.events + second.stats.events < expected and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+
+    # Runs are keyed by a random run id, so which member reads a run is chance (a run goes to the first
+    # with probability 1/2): log runs one at a time, each read before the next, until the first has
+    # written one, then stop it while the group still has work.
+    events = runs = 0
+    while first.stats.events == 0 and runs < 12:
+        events += log_runs(kafka_bootstrap, topic_prefix, runs=1, steps=300, first_index=runs)
+        runs += 1
+        consumed(events, 60)
+    assert first.stats.events > 0, f"the first member read none of {runs} runs"
+    events += log_runs(kafka_bootstrap, topic_prefix, runs=2, steps=300, first_index=runs)
+    runs += 2
     stop_first.set()
     threads[0].join(60)
-    events += log_runs(kafka_bootstrap, topic_prefix, runs=2, steps=300)
-    deadline = time.monotonic() + 90
-    while first.stats.events + second.stats.events < events and time.monotonic() < deadline:
-        threading.Event().wait(0.1)
+    events += log_runs(kafka_bootstrap, topic_prefix, runs=2, steps=300, first_index=runs)
+    runs += 2
+    consumed(events, 90)
     stop_second.set()
     threads[1].join(60)
     assert first.stats.events > 0 and second.stats.events > 0, "both members did part of the work"
+    assert first.stats.events + second.stats.events >= events
     client, db = second.sink.client, second.sink.database
     final = client.query(f"SELECT count(), uniqExact(run_id) FROM {db}.metric_points FINAL").result_rows[0]
-    assert final == (8 * 300 * 2, 8)
-    assert client.query(f"SELECT count() FROM {db}.run_finishes FINAL").result_rows[0][0] == 8
+    assert final == (runs * 300 * 2, runs)
+    assert client.query(f"SELECT count() FROM {db}.run_finishes FINAL").result_rows[0][0] == runs
 
 
 def test_config_precedence_validation_and_secrets(tmp_path: Path) -> None:
