@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,21 +67,15 @@ def compare_shapes(quick: bool) -> list[Shape]:
     ]
 
 
-def produce(bootstrap: str, prefix: str, shape: Shape, runs: int) -> tuple[int, int]:
-    """Pre-produce the shape's events; return (metric points, messages) sent."""
-    encoder = Encoder(bundled_catalogue())
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "zstd", "linger.ms": 50,
-                         "batch.size": 4_000_000, "message.max.bytes": 8_000_000, "acks": "all"})
+def events(shape: Shape, runs: int) -> Iterator[tuple[str, str, dict[str, Any], int]]:
+    """The shape's events in sending order: (event type, run id, record, metric points in it)."""
     rng = np.random.default_rng(1)
     names = [f"metric_{m}" for m in range(shape.metrics)]
     run_ids = [str(uuid.uuid4()) for _ in range(runs)]
     steps_per_event = max(1, shape.points_per_event // shape.metrics)
     metric_index = np.tile(np.arange(shape.metrics), steps_per_event)
     next_step = dict.fromkeys(run_ids, 0)
-    points = messages = 0
     now_us = time.time_ns() // 1000
-    metric_topic = topic_for(prefix, "metric_steps")
-    gpu_topic = topic_for(prefix, "gpu_samples")
     for event in range(shape.metric_events):
         run_id = run_ids[event % runs]
         first = next_step[run_id]
@@ -89,9 +84,7 @@ def produce(bootstrap: str, prefix: str, shape: Shape, runs: int) -> tuple[int, 
         record = {"event_id": str(uuid.uuid4()), "run_id": run_id, "timestamp_us": now_us, "metric_names": names,
                   "metric_index": metric_index, "steps": steps, "values": rng.random(len(steps)),
                   "times_us": now_us + steps}
-        _send(producer, metric_topic, run_id, encoder.encode("metric_steps", record))
-        points += len(steps)
-        messages += 1
+        yield "metric_steps", run_id, record, len(steps)
         if shape.gpu:
             gpu = {
                 "event_id": str(uuid.uuid4()), "run_id": run_id, "timestamp_us": now_us + first, "host": "node-1",
@@ -104,8 +97,19 @@ def produce(bootstrap: str, prefix: str, shape: Shape, runs: int) -> tuple[int, 
                 "host_cpu_pct": 50.0, "host_memory_used_bytes": 100 * 2**30, "host_memory_total_bytes": 2**40,
                 "process_rss_bytes": 8 * 2**30,
             }
-            _send(producer, gpu_topic, run_id, encoder.encode("gpu_samples", gpu))
-            messages += 1
+            yield "gpu_samples", run_id, gpu, 0
+
+
+def produce(bootstrap: str, prefix: str, shape: Shape, runs: int) -> tuple[int, int]:
+    """Pre-produce the shape's events; return (metric points, messages) sent."""
+    encoder = Encoder(bundled_catalogue())
+    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "zstd", "linger.ms": 50,
+                         "batch.size": 4_000_000, "message.max.bytes": 8_000_000, "acks": "all"})
+    points = messages = 0
+    for event_type, run_id, record, event_points in events(shape, runs):
+        _send(producer, topic_for(prefix, event_type), run_id, encoder.encode(event_type, record))
+        points += event_points
+        messages += 1
     if producer.flush(120):
         raise RuntimeError("pre-production did not finish")
     return points, messages

@@ -1,7 +1,7 @@
 """The Lightning logger and the Hugging Face Trainer callback, driven by the real frameworks on CPU.
 
 torch, Lightning, transformers and Optuna live in an environment of their own (scripts/frameworks_env.sh,
-.cache/frameworks-venv: about 4.4 GB, built once and reused while its pins stay the same; `make test` builds
+.cache/frameworks-venv: about 4.1 GB, built once and reused while its pins stay the same; `make test` builds
 it before pytest, and the first test here builds it if it is missing). The training jobs
 (tests/framework_jobs.py) run with that interpreter as subprocesses, each on a tiny model built there from
 random weights and synthetic data (nothing is downloaded), logging to a spool folder; each writes its own
