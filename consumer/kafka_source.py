@@ -71,7 +71,8 @@ class KafkaSource:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        self.assigned = self._owned(consumer)
+        given = _pairs(partitions)
+        self.assigned = self.assigned | given if self._cooperative else given
         if self._paused and partitions:
             consumer.pause(partitions)
             log.info("assigned %d partition(s) during a write retry; they stay paused", len(partitions))
@@ -84,11 +85,8 @@ class KafkaSource:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
-        self.assigned = self._owned(consumer)
-
-    @staticmethod
-    def _owned(consumer: Any) -> frozenset[tuple[str, int]]:
-        return frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
+        # from the callback's own list: the client may be closing, when asking it for its assignment fails
+        self.assigned = self.assigned - _pairs(partitions) if self._cooperative else frozenset()
 
     def poll(self, max_messages: int, timeout: float) -> list[Any]:
         """Messages that arrived (possibly none). A broker that is away is logged and waited out
@@ -138,7 +136,7 @@ class KafkaSource:
             return False
         # A partition revoked between the write and this commit belongs to another member now:
         # committing for it could move its new owner's offset back; it re-reads from the last commit.
-        owned = self._owned(self._consumer)
+        owned = _pairs(self._consumer.assignment())
         revoked = [key for key in latest if key not in owned]
         for key in revoked:
             del latest[key]
@@ -223,3 +221,7 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _pairs(partitions: list[Any]) -> frozenset[tuple[str, int]]:
+    return frozenset((tp.topic, tp.partition) for tp in partitions)
