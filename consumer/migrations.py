@@ -737,6 +737,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "spool_progress: how far each spool file is loaded (runstream ingest and runstream server share it)",
         (create_table_sql(SPOOL_PROGRESS, f"{_DB}.{SPOOL_PROGRESS.name}"),),
     ),
+    Migration(
+        11,
+        "metric_curve: the same buckets, each curve's x range from its points as arrays instead of a window",
+        # runstream.analysis.curves: the same rows, measured faster; in place, so no reader finds it missing
+        (_replace_view_sql(METRIC_CURVE),),
+    ),
 )
 
 _LEDGER = """

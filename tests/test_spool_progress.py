@@ -80,7 +80,7 @@ def test_the_table_comes_from_migration_10_and_ingest_twice_stores_nothing_twice
         tmp_path: Path, sink: ClickHouseSink) -> None:
     client, db = sink.client, sink.database
     [(name,)] = client.query(f"SELECT name FROM {db}.schema_migrations FINAL WHERE version = 10").result_rows  # noqa: S608
-    assert name == MIGRATIONS[-1].name and MIGRATIONS[-1].version == 10
+    assert name == next(m.name for m in MIGRATIONS if m.version == 10)
     columns = [name for (name,) in client.query(
         "SELECT name FROM system.columns WHERE database = {db:String} AND table = 'spool_progress' ORDER BY position",
         parameters={"db": db}).result_rows]
