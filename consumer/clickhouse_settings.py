@@ -4,7 +4,8 @@ one connect path for every command and for `runstream.Client`.
 - `ClickHouseSettings`: the DSN (`--clickhouse`, `RUNSTREAM_CLICKHOUSE`, `[clickhouse] dsn`), the user
   (`RUNSTREAM_CLICKHOUSE_USER`, `[clickhouse] user`) and the password (`RUNSTREAM_CLICKHOUSE_PASSWORD`,
   `[clickhouse] password`), a `SecretStr` that never prints; credentials apply to http(s) DSNs (the
-  embedded chDB engine has no users) and are put into the DSN only on the way to the driver.
+  embedded chDB engine has no users) and are put into the DSN only on the way to the driver. Also the
+  cluster `runstream migrate --cluster` lays the tables out on (`RUNSTREAM_CLUSTER`, `[clickhouse] cluster`).
 - `add_clickhouse_option(parser)`: the option and its one help text (plus `--config` when the command lacks it).
 - `connect_clickhouse(args)`: the parsed options to a connected client (consumer/dsn.py `connect`).
 
@@ -47,6 +48,9 @@ class ClickHouseSettings(Settings):
                              description="user for an http(s) DSN (default: the DSN's, else 'default')")
     password: SecretStr | None = Field(default=None, json_schema_extra=env("RUNSTREAM_CLICKHOUSE_PASSWORD"),
                                        description="password for an http(s) DSN (never printed)")
+    cluster: str | None = Field(default=None, json_schema_extra=env("RUNSTREAM_CLUSTER"),
+                                description="`runstream migrate` only: the ClickHouse cluster (remote_servers) to "
+                                "lay the tables out on, with ON CLUSTER DDL (default: a single server)")
 
     @field_validator("dsn")
     @classmethod
@@ -56,7 +60,7 @@ class ClickHouseSettings(Settings):
 
     def __repr__(self) -> str:
         return (f"ClickHouseSettings(dsn={redact(self.dsn)!r}, user={self.user!r}, "
-                f"password={self.password!r})")
+                f"password={self.password!r}, cluster={self.cluster!r})")
 
     __str__ = __repr__
 
@@ -117,9 +121,9 @@ def add_clickhouse_option(parser: argparse.ArgumentParser) -> None:
 
 
 def clickhouse_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ClickHouseSettings:
-    """The parsed options (`--clickhouse`, `--config`) over the environment over the file."""
-    return ClickHouseSettings.load({"dsn": getattr(args, "clickhouse", None)}, environ=environ,
-                                   config_file=getattr(args, "config", None))
+    """The parsed options (`--clickhouse`, `--config`, migrate's `--cluster`) over the environment over the file."""
+    given = {"dsn": getattr(args, "clickhouse", None), "cluster": getattr(args, "cluster", None)}
+    return ClickHouseSettings.load(given, environ=environ, config_file=getattr(args, "config", None))
 
 
 def connect_clickhouse(args: argparse.Namespace, *, create_database: bool = False) -> tuple[Any, str]:

@@ -39,10 +39,6 @@ from runstream.server import cli as server_cli
 log = logging.getLogger("runstream")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
-
-
 _add_clickhouse = add_clickhouse_option  # one --clickhouse (and its credentials) for every command
 
 
@@ -240,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--print only prints the DDL, connecting to nothing.",
     )
     _add_clickhouse(migrate)
-    migrate.add_argument("--cluster", default=_env("RUNSTREAM_CLUSTER"), metavar="NAME",
-                         help="ClickHouse cluster (remote_servers) to lay the tables out on [env RUNSTREAM_CLUSTER]")
+    migrate.add_argument("--cluster", default=None, metavar="NAME",
+                         help="ClickHouse cluster (remote_servers) to lay the tables out on [env RUNSTREAM_CLUSTER; "
+                         "[clickhouse] cluster of the config file]")
     migrate.add_argument("--sharding-key", default=None, metavar="EXPR",
                          help="with --cluster: the Distributed tables' sharding key (default cityHash64(run_id), "
                          "which keeps each run, and so each fact's duplicates, on one shard)")
@@ -397,7 +394,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from runstream.consumer.cluster import DEFAULT_SHARDING_KEY, cluster_ddl
     from runstream.consumer.migrations import ddl, migrate
 
-    if args.sharding_key and not args.cluster:
+    settings = clickhouse_settings(args)  # --cluster > RUNSTREAM_CLUSTER > [clickhouse] cluster, like the DSN
+    cluster = settings.cluster
+    if args.sharding_key and not cluster:
         raise ValueError("--sharding-key: only meaningful with --cluster")
     if args.kafka and not args.print_only:
         from runstream.consumer.config import ConsumerOptions
@@ -417,24 +416,25 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print(f"created topics: {', '.join(created)}" if created else "Kafka topics: all present")
 
     def cluster_statements(database: str) -> list[str]:
-        return cluster_ddl(database, args.cluster, args.sharding_key or DEFAULT_SHARDING_KEY,
+        assert cluster is not None
+        return cluster_ddl(database, cluster, args.sharding_key or DEFAULT_SHARDING_KEY,
                            sample_ttl_days=args.sample_ttl_days)
 
     if args.print_only:
-        database = clickhouse_settings(args).database
-        if args.cluster:
+        database = settings.database
+        if cluster:
             statements = cluster_statements(database)
         else:
             statements = ddl(database, sample_ttl_days=args.sample_ttl_days)
         print("\n\n".join(f"{statement};" for statement in statements))
         return 0
-    client, database = connect_clickhouse(args, create_database=True)
-    if args.cluster:
+    client, database = settings.connect(create_database=True)
+    if cluster:
         statements = cluster_statements(database)
         for statement in statements:
             print(f"{statement};\n", flush=True)
             client.command(statement)
-        print(f"laid out {database} on cluster {args.cluster}: {len(statements)} statements")
+        print(f"laid out {database} on cluster {cluster}: {len(statements)} statements")
         return 0
     applied = migrate(client, database, sample_ttl_days=args.sample_ttl_days)
     print(f"applied migrations {applied} to {database}" if applied else f"{database} is up to date")

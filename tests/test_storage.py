@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import subprocess
@@ -380,6 +381,36 @@ def test_migrate_cluster_print_prints_on_cluster_ddl_and_connects_to_nothing(
     client, _ = connect(clickhouse_dsn)
     for statement in statements:
         assert_parses(client, statement)
+
+
+def test_migrate_takes_the_cluster_from_the_environment_or_the_config_file_like_the_dsn(tmp_path: Path) -> None:
+    """The cluster is a [clickhouse] setting (consumer/clickhouse_settings.py): --cluster > RUNSTREAM_CLUSTER >
+    the config file's [clickhouse] cluster, as the DSN and its credentials."""
+    never = tmp_path / "never-created"
+    config = tmp_path / "runstream.toml"
+    config.write_text('[clickhouse]\ncluster = "from-file"\n', encoding="utf-8")
+    base = {k: v for k, v in os.environ.items() if k not in ("RUNSTREAM_CLUSTER", "RUNSTREAM_CONFIG")}
+
+    def printed(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runstream.cli", "migrate", "--print",
+                               "--clickhouse", f"chdb://{never}?database=tracking", *args],
+                              capture_output=True, text=True, check=False, timeout=120, env={**base, **env})
+
+    def cluster_of(done: subprocess.CompletedProcess[str]) -> str | None:
+        assert done.returncode == 0, done.stderr
+        names = set(re.findall(r"ON CLUSTER `([^`]+)`", done.stdout))
+        assert len(names) <= 1, names
+        return names.pop() if names else None
+
+    assert cluster_of(printed()) is None
+    assert cluster_of(printed(RUNSTREAM_CLUSTER="from-env")) == "from-env"
+    assert cluster_of(printed("--config", str(config))) == "from-file"
+    assert cluster_of(printed("--config", str(config), RUNSTREAM_CLUSTER="from-env")) == "from-env"
+    assert cluster_of(printed("--cluster", "from-option", "--config", str(config),
+                              RUNSTREAM_CLUSTER="from-env")) == "from-option"
+    refused = printed("--sharding-key", "rand()")
+    assert refused.returncode == 2 and "--sharding-key: only meaningful with --cluster" in refused.stderr
+    assert not never.exists(), "--print connects to nothing"
 
 
 def test_migrate_command_sets_the_sample_ttl_and_prints_single_server_ddl(tmp_path: Path) -> None:
