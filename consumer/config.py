@@ -45,14 +45,14 @@ class ConsumerOptions(Settings):
     """The consumer's own settings: each is `--<name>` (dashes), `RUNSTREAM_<NAME>` and `[consumer] <name>`.
 
     librdkafka options (`[kafka]` table, RUNSTREAM_KAFKA_* variables, --kafka-option) are resolved by
-    runstream.producer.kafka_settings, and the ClickHouse credentials by runstream.consumer.clickhouse_settings.
+    runstream.producer.kafka_settings, and ClickHouse (`--clickhouse`, the DSN and its credentials) by
+    runstream.consumer.clickhouse_settings, as for every other command.
     """
 
     config_table = "consumer"
     component = "consumer"
 
     kafka: str | None = Field(default=None, description="bootstrap servers (required)")
-    clickhouse: str | None = Field(default=None, description="ClickHouse DSN (also [clickhouse] dsn)")
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, description="prefix of the topic names")
     group: str = Field(default=DEFAULT_GROUP, description="consumer group id")
     batch_max_points: int = Field(default=DEFAULT_BATCH_MAX_POINTS,
@@ -123,11 +123,15 @@ def load_consumer_config(
     from runstream.consumer.service import ConsumerSettings
 
     data = read_file(file) if file else {}
+    if "clickhouse" in data.get("consumer", {}):
+        raise ConfigError(f"config file {str(file)!r}: [consumer] clickhouse: the DSN is one setting for every "
+                          "command, [clickhouse] dsn (with user and password beside it)")
+    consumer_arguments = {key: value for key, value in arguments.items() if key != "clickhouse"}
     try:
-        options = ConsumerOptions.load(arguments, environ=environment, config_file=file,
+        options = ConsumerOptions.load(consumer_arguments, environ=environment, config_file=file,
                                        table=data.get("consumer", {}))
-        clickhouse = ClickHouseSettings.load({"dsn": options.clickhouse}, environ=environment, config_file=file,
-                                             table=data.get("clickhouse", {}))
+        clickhouse = ClickHouseSettings.load({"dsn": arguments.get("clickhouse")}, environ=environment,
+                                             config_file=file, table=data.get("clickhouse", {}))
     except SettingsError as error:
         raise ConfigError(str(error)) from None
     instance_id = options.instance_id

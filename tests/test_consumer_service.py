@@ -229,6 +229,14 @@ def test_config_precedence_validation_and_secrets(tmp_path: Path) -> None:
     path.write_text('[consumer]\nkafka = "k:1"\nbatch_size = 3\n')
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[consumer\]: batch_size"):
         load_consumer_config({}, {}, path)
+    path.write_text('[consumer]\nkafka = "k:1"\nclickhouse = "chdb:///tmp/x"\n')
+    with pytest.raises(ConfigError, match=r"\[consumer\] clickhouse: the DSN is one setting for every command, "
+                                          r"\[clickhouse\] dsn"):
+        load_consumer_config({}, {}, path)
+    path.write_text('[consumer]\nkafka = "k:1"\n[clickhouse]\ndsn = "https://file.example:8443/rs"\n')
+    assert load_consumer_config({}, {}, path).settings.clickhouse == "https://file.example:8443/rs"
+    assert load_consumer_config({}, {"RUNSTREAM_CLICKHOUSE": "https://env.example:8443/rs"},
+                                path).settings.clickhouse == "https://env.example:8443/rs"
     with pytest.raises(ConfigError, match="environment RUNSTREAM_BATCH_MAX_WAIT: batch_max_wait must be float"):
         load_consumer_config({"kafka": "k:1"}, {"RUNSTREAM_BATCH_MAX_WAIT": "soon"})
     with pytest.raises(ConfigError, match="kafka: bootstrap servers are required"):
