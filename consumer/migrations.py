@@ -68,6 +68,7 @@ from runstream.consumer.run_summary import (
     RUN_SUMMARY,
 )
 from runstream.consumer.run_summary import LIFECYCLE_COLUMNS as RUN_SUMMARY_LIFECYCLE_COLUMNS
+from runstream.consumer.run_summary import MAP_COLUMNS as RUN_SUMMARY_MAP_COLUMNS
 from runstream.consumer.spool_progress import SPOOL_PROGRESS
 from runstream.consumer.table_spec import MaterializedView, Table, View, column_name
 from runstream.monitoring.gpu_hours import SAMPLE_MS_SQL, SLOT_OF_SAMPLE_SQL, slot_held_ms_sql
@@ -650,6 +651,14 @@ def _add_column_sql(table_name: str, column: str) -> str:
     return f"ALTER TABLE {_DB}.{table_name} ADD COLUMN IF NOT EXISTS {definition}"
 
 
+def _retype_columns_sql(table: Table, names: tuple[str, ...]) -> str:
+    """One ALTER TABLE ... MODIFY COLUMN per listed column, each to its type in the table's spec (one mutation,
+    waited for: the columns are rewritten part by part, and readers convert the parts not yet rewritten)."""
+    definitions = {column_name(definition): definition for definition in table.columns}
+    changes = ", ".join(f"MODIFY COLUMN {definitions[name]}" for name in names)
+    return f"ALTER TABLE {_DB}.{table.name} {changes} SETTINGS mutations_sync = 1"
+
+
 def _replace_view_sql(view: View) -> str:
     """CREATE OR REPLACE VIEW: the view's current definition, whether or not an older one exists."""
     return create_view_sql(view, _DB).replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW", 1)
@@ -742,6 +751,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "metric_curve: the same buckets, each curve's x range from its points as arrays instead of a window",
         # runstream.analysis.curves: the same rows, measured faster; in place, so no reader finds it missing
         (_replace_view_sql(METRIC_CURVE),),
+    ),
+    Migration(
+        12,
+        "run_summary: map keys as LowCardinality(String) (the filter and the leaderboard read them faster)",
+        (_retype_columns_sql(RUN_SUMMARY, RUN_SUMMARY_MAP_COLUMNS),),
     ),
 )
 

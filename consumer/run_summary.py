@@ -30,12 +30,17 @@ from typing import Any
 
 from runstream.consumer.lifecycle_tables import RUN_LIFECYCLE_COLUMNS
 from runstream.consumer.rollup_merges import MERGE, merged_columns
-from runstream.consumer.table_spec import MaterializedView, Table
+from runstream.consumer.table_spec import MaterializedView, Table, column_name
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql, step_of_max_sql, step_of_min_sql
 from runstream.monitoring.gpu_hours import slot_held_ms_sql
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
 
 log = logging.getLogger(__name__)
+
+#: The key type of every map of `run_summary`: param, metric and tag names repeat in every run's row,
+#: so a dictionary per part stores and compares them once. At 100,000 runs it made the filter read
+#: 23% faster (38.6 -> 29.8 ms, medians of 21 back to back) and `params` 41% smaller uncompressed.
+MAP_KEY = "LowCardinality(String)"
 
 RUN_SUMMARY = Table(
     "run_summary",
@@ -49,24 +54,24 @@ RUN_SUMMARY = Table(
         "finished_at Nullable(DateTime64(6, 'UTC'))",
         "status LowCardinality(String)",
         "git_commit Nullable(String)",
-        "tags Map(String, String)",
+        f"tags Map({MAP_KEY}, String)",
         # a param as logged, as text; NULL for a param logged as None (reads like one never logged)
-        "params Map(String, Nullable(String))",
+        f"params Map({MAP_KEY}, Nullable(String))",
         # the params that are numbers (int, float, bool as 1/0)
-        "params_num Map(String, Nullable(Float64))",
+        f"params_num Map({MAP_KEY}, Nullable(Float64))",
         # per metric: the value at the last step (NaN and ±Inf kept) and that step
-        "final Map(String, Nullable(Float64))",
-        "last_step Map(String, Nullable(Int64))",
+        f"final Map({MAP_KEY}, Nullable(Float64))",
+        f"last_step Map({MAP_KEY}, Nullable(Int64))",
         # per metric with a finite value: finite min/max and the earliest step reaching each
-        "min_value Map(String, Nullable(Float64))",
-        "min_step Map(String, Nullable(Int64))",
-        "max_value Map(String, Nullable(Float64))",
-        "max_step Map(String, Nullable(Int64))",
+        f"min_value Map({MAP_KEY}, Nullable(Float64))",
+        f"min_step Map({MAP_KEY}, Nullable(Int64))",
+        f"max_value Map({MAP_KEY}, Nullable(Float64))",
+        f"max_step Map({MAP_KEY}, Nullable(Int64))",
         # min for lower-is-better metrics, else max (runstream.monitoring.metric_direction)
-        "best Map(String, Nullable(Float64))",
-        "best_step Map(String, Nullable(Int64))",
+        f"best Map({MAP_KEY}, Nullable(Float64))",
+        f"best_step Map({MAP_KEY}, Nullable(Int64))",
         # distinct steps stored, as count() with FINAL
-        "points Map(String, UInt64)",
+        f"points Map({MAP_KEY}, UInt64)",
         "gpu_hours Float64",
         "updated_at DateTime64(6, 'UTC')",
         # migration 8, the run lifecycle: the latest attempt, labels, the fork's parent, the curated note
@@ -245,6 +250,12 @@ def _map(key: str, value: str, present: str | None = None) -> str:
     return f"mapFromArrays(groupArrayIf({key}, {present}), groupArrayIf(assumeNotNull({value}), {present}))"
 
 
+#: Each map column's type, from the spec: the refresh casts the maps it computes to them.
+_MAP_TYPES = {column_name(definition): definition.split(None, 1)[1] for definition in RUN_SUMMARY.columns
+              if definition.split(None, 1)[1].startswith(f"Map({MAP_KEY},")}
+#: The map columns (migration 12 gave their keys the MAP_KEY type).
+MAP_COLUMNS = tuple(_MAP_TYPES)
+
 #: The columns migration 7 created; migration 8 added the rest (`LIFECYCLE_COLUMNS`).
 V7_COLUMNS = RUN_SUMMARY.column_names[:RUN_SUMMARY.column_names.index("updated_at") + 1]
 LIFECYCLE_COLUMNS = RUN_SUMMARY.column_names[len(V7_COLUMNS):]
@@ -271,17 +282,17 @@ SELECT
     if({{finished}}, f.finished_at, NULL),
     if({{finished}}, toString(f.status), 'running'),
     r.git_commit, {{tags}},
-    CAST(p.params, 'Map(String, Nullable(String))'),
-    CAST(p.params_num, 'Map(String, Nullable(Float64))'),
-    CAST(m.final_map, 'Map(String, Nullable(Float64))'),
-    CAST(m.last_step_map, 'Map(String, Nullable(Int64))'),
-    CAST(m.min_value_map, 'Map(String, Nullable(Float64))'),
-    CAST(m.min_step_map, 'Map(String, Nullable(Int64))'),
-    CAST(m.max_value_map, 'Map(String, Nullable(Float64))'),
-    CAST(m.max_step_map, 'Map(String, Nullable(Int64))'),
-    CAST(m.best_map, 'Map(String, Nullable(Float64))'),
-    CAST(m.best_step_map, 'Map(String, Nullable(Int64))'),
-    CAST(m.points_map, 'Map(String, UInt64)'),
+    CAST(p.params, '{_MAP_TYPES["params"]}'),
+    CAST(p.params_num, '{_MAP_TYPES["params_num"]}'),
+    CAST(m.final_map, '{_MAP_TYPES["final"]}'),
+    CAST(m.last_step_map, '{_MAP_TYPES["last_step"]}'),
+    CAST(m.min_value_map, '{_MAP_TYPES["min_value"]}'),
+    CAST(m.min_step_map, '{_MAP_TYPES["min_step"]}'),
+    CAST(m.max_value_map, '{_MAP_TYPES["max_value"]}'),
+    CAST(m.max_step_map, '{_MAP_TYPES["max_step"]}'),
+    CAST(m.best_map, '{_MAP_TYPES["best"]}'),
+    CAST(m.best_step_map, '{_MAP_TYPES["best_step"]}'),
+    CAST(m.points_map, '{_MAP_TYPES["points"]}'),
     g.gpu_hours,
     now64(6){{lifecycle_select}}
 FROM (SELECT * FROM {{db}}.runs FINAL WHERE {{runs_in}}) AS r

@@ -32,7 +32,7 @@ from runstream.analysis.importance import importance
 from runstream.analysis.views import LEADERBOARD_V6, RUN_OVERVIEW_V6
 from runstream.consumer import ClickHouseSink, ingest_spool
 from runstream.consumer.clickhouse_sink import FAULT_BEFORE_SUMMARY_ENV
-from runstream.consumer.migrations import create_view_sql
+from runstream.consumer.migrations import create_view_sql, migrate
 from runstream.consumer.run_summary import BACKFILL_SQL
 from runstream.consumer.table_spec import View
 from runstream.consumer.topics_admin import ensure_topics
@@ -281,6 +281,44 @@ def test_ingesting_a_spool_twice_keeps_the_summary_exact(clickhouse_dsn: str, sp
     final = sink.client.query(f"SELECT count() FROM {sink.database}.metric_points FINAL").result_rows[0][0]  # noqa: S608
     raw = sink.client.query(f"SELECT count() FROM {sink.database}.metric_points").result_rows[0][0]  # noqa: S608
     assert final == 60 and raw >= final
+
+
+def test_migration_12_retypes_the_map_keys_of_a_filled_summary_and_keeps_every_value(
+        clickhouse_dsn: str, spool_dir: Path) -> None:
+    """A database as migration 11 left it (String map keys) with summaries in it: migration 12 gives every map
+    LowCardinality(String) keys, every value unchanged to the bit; the next batch's rewrite writes the new type."""
+    sink = ClickHouseSink(clickhouse_dsn)
+    client, db = sink.client, sink.database
+    ids = start_runs(sink, spool_dir, "retype")
+    batches = workload(ids, seed=12)
+    for batch in batches[:3]:
+        write_points(sink, batch, NOW)
+
+    def map_types() -> dict[str, str]:
+        rows = client.query("SELECT name, type FROM system.columns WHERE database = {db:String} "
+                            "AND table = 'run_summary' AND type LIKE 'Map(%'", parameters={"db": db}).result_rows
+        return {str(name): str(kind) for name, kind in rows}
+
+    def everything() -> list[tuple[Any, ...]]:
+        columns = ", ".join(["run_id", "tags", "params", "params_num", *MAPS])
+        return [tuple(bits(v) if not isinstance(v, dict) else {k: bits(x) for k, x in v.items()} for v in row)
+                for row in client.query(f"SELECT {columns} FROM {db}.run_summary FINAL ORDER BY run_id").result_rows]
+
+    assert map_types() and all(kind.startswith("Map(LowCardinality(String),") for kind in map_types().values())
+    old = ", ".join(f"MODIFY COLUMN {name} {kind.replace('Map(LowCardinality(String),', 'Map(String,', 1)}"
+                    for name, kind in map_types().items())
+    client.command(f"ALTER TABLE {db}.run_summary {old} SETTINGS mutations_sync = 1")
+    client.command(f"ALTER TABLE {db}.schema_migrations DELETE WHERE version = 12 SETTINGS mutations_sync = 1")
+    assert all(kind.startswith("Map(String,") for kind in map_types().values())
+    before = everything()
+    assert len(before) == len(ids) and any(row[4] for row in before), "the summaries hold params and metrics"
+
+    assert migrate(client, db) == [12]
+    assert all(kind.startswith("Map(LowCardinality(String),") for kind in map_types().values()), map_types()
+    assert everything() == before
+    for batch in batches[3:]:
+        write_points(sink, batch, NOW)
+    assert_exact(stored_summary(client, db), expected([p for batch in batches for p in batch]), "after migration 12")
 
 
 # --- kill -9 between the insert and the summary write, through Kafka ------------------------------------
