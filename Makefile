@@ -40,7 +40,10 @@ test: $(BIN)/.installed ## install, fetch Kafka, run lint, type check and the wh
 	bash scripts/install-system-packages.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
-	$(BIN)/pytest $(PYTEST_WORKERS)
+	@# the tests that assert a wall-clock bound (a live point shown within 2 s) run after the others, alone: beside
+	@# two other workers and Chromium on 2 cores the live chart's redraws came 1.3 s apart and one missed 2 s by 20 ms
+	$(BIN)/pytest $(PYTEST_WORKERS) -m "not latency"
+	$(BIN)/pytest -m latency
 
 lint: $(BIN)/.installed ## ruff
 	$(BIN)/ruff check .

@@ -94,13 +94,57 @@ def db(dsn: str) -> Iterator[tuple[Any, str]]:
     client.close()
 
 
+class _EngineKeeper:
+    """One client held on the session's chDB path while tests that use it run.
+
+    chDB shuts its engine down when the last client closes, and the next client re-opens it, loading every
+    database the earlier tests created: each CLI call of tests/test_exact_outputs.py (a client opened and
+    closed) took 0.3 s alone and 2-5 s after three other test files in the same worker (the test: 5 s alone,
+    35-101 s in the suite; with the engine held, 1.5 s). A process holds one chDB path at a time, so the
+    keeper lets go before a test that does not use the session's path (it may open a folder of its own)."""
+
+    def __init__(self) -> None:
+        self.base: str | None = None
+        self.client: Any = None
+
+    def hold(self) -> None:
+        if self.base is not None and self.client is None:
+            import clickhouse_connect
+
+            self.client = clickhouse_connect.get_client(dsn=self.base)
+
+    def release(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+_ENGINE = _EngineKeeper()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before a test's fixtures: hold the session's engine for a test that uses it, let it go otherwise."""
+    if "clickhouse_base" in getattr(item, "fixturenames", ()):
+        _ENGINE.hold()
+    else:
+        _ENGINE.release()
+
+
 @pytest.fixture(scope="session")
-def clickhouse_base(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One chDB engine path for the whole session: chDB allows one path per process."""
+def clickhouse_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One chDB engine path for the whole session: chDB allows one path per process (held by `_ENGINE`)."""
     external = os.environ.get("RUNSTREAM_TEST_CLICKHOUSE")
     if external:
-        return external.split("?")[0].rstrip("/")
-    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+        yield external.split("?")[0].rstrip("/")
+        return
+    _ENGINE.base = f"chdb://{tmp_path_factory.mktemp('chdb')}"
+    _ENGINE.hold()
+    try:
+        yield _ENGINE.base
+    finally:
+        _ENGINE.release()
+        _ENGINE.base = None
 
 
 @pytest.fixture

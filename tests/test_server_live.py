@@ -156,6 +156,7 @@ def all_sealed_and_stored(spool: Path, follower: SpoolFollower, run_id: str) -> 
                and progress.sealed for path in files)
 
 
+@pytest.mark.latency
 def test_a_point_logged_is_in_clickhouse_within_2s_and_stored_once(
         following: tuple[Path, SpoolFollower], clickhouse_dsn: str) -> None:
     spool, follower = following
@@ -337,6 +338,7 @@ def sql_through(url: str, sql: str, **parameters: Any) -> list[tuple[Any, ...]]:
         return wire.decode_result(response.read())[2]
 
 
+@pytest.mark.latency
 def test_the_server_loads_a_live_run_while_the_cli_answers(tmp_path: Path) -> None:
     """`runstream server` + a training process + `runstream runs` on the same embedded folder at once."""
     dsn = f"chdb://{tmp_path / 'data'}"  # the server's own folder: only its process opens it

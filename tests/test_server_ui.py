@@ -447,6 +447,7 @@ run.finish("ok")
 """
 
 
+@pytest.mark.latency
 def test_a_point_logged_live_appears_in_the_chart_within_2_s(page: Page, served: Served, tmp_path: Path) -> None:
     stop = tmp_path / "stop"
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_TRAINING), str(served.live_spool), str(stop)],
