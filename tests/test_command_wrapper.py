@@ -171,11 +171,36 @@ def test_sigint_is_forwarded_and_a_clean_exit_after_it_still_counts_as_killed(tm
     assert (finished["status"], finished["exit_code"], finished["error"]) == ("killed", 0, "signal SIGINT")
 
 
-def read_until(fd: int, text: str, seen: bytearray) -> None:
-    """Read the terminal until `text` shows; the deadline only turns a hang into a failure."""
+def process_tree_state(pid: int) -> str:
+    """What `pid` and every process below it is doing, from /proc: alive, blocked where, and which signals
+    each has pending, blocked, ignored and caught. A hang then says on which side it is."""
+    lines = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            wchan = Path(f"/proc/{current}/wchan").read_text()
+            children = [int(c) for task in Path(f"/proc/{current}/task").iterdir()
+                        for c in (task / "children").read_text().split()]
+        except OSError:
+            lines.append(f"{current}: gone")
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        wanted = ("Name", "State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+        lines.append(f"{current}: " + " ".join(f"{k}={fields.get(k, '?').strip()}" for k in wanted)
+                     + f" wchan={wchan}")
+        todo.extend(children)
+    return "; ".join(lines)
+
+
+def read_until(fd: int, text: str, seen: bytearray, wrapper: subprocess.Popen[bytes] | None = None) -> None:
+    """Read the terminal until `text` shows; the deadline only turns a hang into a failure, which then
+    says what the wrapper and its child were doing."""
     while text.encode() not in seen:
         ready, _, _ = select.select([fd], [], [], 20)
-        assert ready, f"no {text!r} from the terminal; got {bytes(seen)!r}"
+        state = process_tree_state(wrapper.pid) if wrapper is not None and not ready else ""
+        assert ready, f"no {text!r} from the terminal; got {bytes(seen)!r}; processes: {state}"
         try:
             chunk = os.read(fd, 4096)
         except OSError:  # EIO: every process that had the terminal open has exited
@@ -187,7 +212,12 @@ def read_until(fd: int, text: str, seen: bytearray) -> None:
 def test_ctrl_c_in_a_terminal_is_not_sent_to_the_child_twice(tmp_path: Path) -> None:
     """The terminal sends Ctrl-C to its whole foreground group, child included; forwarding it as well
     could interrupt the child's clean-up with a second SIGINT. (Two SIGINTs close together may merge
-    into one in the child, so the wrapper's log line is what tells the two behaviours apart.)"""
+    into one in the child, so the wrapper's log line is what tells the two behaviours apart.)
+
+    Ctrl-C is pressed once the whole "ready" line is on the terminal, as a user would: the child's
+    print writes "ready" and its newline separately, and a Ctrl-C between the two made the terminal
+    discard the newline (no NOFLSH) in the one run where this test hung; the hang's cause is not known,
+    so a hang now reports the processes' state."""
     controller, terminal = os.openpty()
 
     def take_the_terminal() -> None:  # runs in the new session: make the pty its controlling terminal
@@ -201,10 +231,10 @@ def test_ctrl_c_in_a_terminal_is_not_sent_to_the_child_twice(tmp_path: Path) -> 
     os.close(terminal)
     seen = bytearray()
     try:
-        read_until(controller, "ready", seen)
+        read_until(controller, "ready\r\n", seen, wrapper)  # the terminal turns "\n" into "\r\n" (ONLCR)
         os.write(controller, b"\x03")
-        read_until(controller, "SIGINT not forwarded", seen)
-        read_until(controller, "saved a checkpoint", seen)
+        read_until(controller, "SIGINT not forwarded", seen, wrapper)
+        read_until(controller, "saved a checkpoint", seen, wrapper)
         assert wrapper.wait(timeout=20) == 0
     finally:
         if wrapper.poll() is None:
