@@ -290,14 +290,25 @@ def _process_tree_gpus() -> NvmlGpus:
 def _terminal_sent_it_to_the_child(child_pid: int | None) -> bool:
     """Whether a SIGINT we got was most likely Ctrl-C, already delivered by the terminal to the child:
     true when our process group is the terminal's foreground group and the child is still in it
-    (`child_pid` None: a child that has already ended, which was in it)."""
+    (`child_pid` None: a child that has already ended, which was in it).
+
+    A child that no longer exists counts as one that has ended: when the kernel gave the SIGINT to
+    another of our threads, this handler runs only once the main thread's wait has returned, which
+    reaps the child before `Popen` records its return code."""
     try:
         fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
     except OSError:
         return False  # no controlling terminal (a scheduler, a container, a test): someone used kill
     try:
         ours = os.getpgrp()
-        return os.tcgetpgrp(fd) == ours and (child_pid is None or os.getpgid(child_pid) == ours)
+        if os.tcgetpgrp(fd) != ours:
+            return False
+        if child_pid is None:
+            return True
+        try:
+            return os.getpgid(child_pid) == ours
+        except ProcessLookupError:
+            return True
     except OSError:
         return False
     finally:
