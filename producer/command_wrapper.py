@@ -292,9 +292,9 @@ def _terminal_sent_it_to_the_child(child_pid: int | None) -> bool:
     true when our process group is the terminal's foreground group and the child is still in it
     (`child_pid` None: a child that has already ended, which was in it).
 
-    A child that no longer exists counts as one that has ended: when the kernel gave the SIGINT to
-    another of our threads, this handler runs only once the main thread's wait has returned, which
-    reaps the child before `Popen` records its return code."""
+    A child that no longer exists counts as one that has ended: when our main thread runs late (a loaded
+    machine), its wait may already have reaped the child when this handler runs, before `Popen` has
+    recorded the return code."""
     try:
         fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
     except OSError:
