@@ -301,14 +301,9 @@ def _terminal_sent_it_to_the_child(child_pid: int | None) -> bool:
         return False  # no controlling terminal (a scheduler, a container, a test): someone used kill
     try:
         ours = os.getpgrp()
-        if os.tcgetpgrp(fd) != ours:
-            return False
-        if child_pid is None:
-            return True
-        try:
-            return os.getpgid(child_pid) == ours
-        except ProcessLookupError:
-            return True
+        return os.tcgetpgrp(fd) == ours and (child_pid is None or os.getpgid(child_pid) == ours)
+    except ProcessLookupError:  # only getpgid raises it (ESRCH): the child, reaped
+        return True
     except OSError:
         return False
     finally:
