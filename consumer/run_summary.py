@@ -30,7 +30,7 @@ from typing import Any
 
 from runstream.consumer.lifecycle_tables import RUN_LIFECYCLE_COLUMNS
 from runstream.consumer.rollup_merges import MERGE, merged_columns
-from runstream.consumer.table_spec import MaterializedView, Table, column_name
+from runstream.consumer.table_spec import MaterializedView, Table, column_name, column_type
 from runstream.monitoring.finite_values import finite_max_sql, finite_min_sql, step_of_max_sql, step_of_min_sql
 from runstream.monitoring.gpu_hours import slot_held_ms_sql
 from runstream.monitoring.metric_direction import LOWER_IS_BETTER_SQL
@@ -252,8 +252,8 @@ def _map(key: str, value: str, present: str | None = None) -> str:
 
 
 #: Each map column's type, from the spec: the refresh casts the maps it computes to them.
-_MAP_TYPES = {column_name(definition): definition.split(None, 1)[1] for definition in RUN_SUMMARY.columns
-              if definition.split(None, 1)[1].startswith(f"Map({MAP_KEY},")}
+_MAP_TYPES = {column_name(definition): column_type(definition) for definition in RUN_SUMMARY.columns
+              if column_type(definition).startswith(f"Map({MAP_KEY},")}
 #: The map columns (migration 12 gave their keys the MAP_KEY type).
 MAP_COLUMNS = tuple(_MAP_TYPES)
 

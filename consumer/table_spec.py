@@ -22,6 +22,11 @@ def column_name(definition: str) -> str:
     return definition.split(None, 1)[0]
 
 
+def column_type(definition: str) -> str:
+    """What follows the name in a column definition: its type, and any DEFAULT ("UInt32 DEFAULT 1")."""
+    return definition.split(None, 1)[1]
+
+
 @dataclass(frozen=True)
 class Table:
     """A MergeTree-family table.

@@ -415,22 +415,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         )
         print(f"created topics: {', '.join(created)}" if created else "Kafka topics: all present")
 
-    def cluster_statements(database: str) -> list[str]:
-        assert cluster is not None
+    def cluster_statements(database: str, cluster: str) -> list[str]:
         return cluster_ddl(database, cluster, args.sharding_key or DEFAULT_SHARDING_KEY,
                            sample_ttl_days=args.sample_ttl_days)
 
     if args.print_only:
         database = settings.database
         if cluster:
-            statements = cluster_statements(database)
+            statements = cluster_statements(database, cluster)
         else:
             statements = ddl(database, sample_ttl_days=args.sample_ttl_days)
         print("\n\n".join(f"{statement};" for statement in statements))
         return 0
     client, database = settings.connect(create_database=True)
     if cluster:
-        statements = cluster_statements(database)
+        statements = cluster_statements(database, cluster)
         for statement in statements:
             print(f"{statement};\n", flush=True)
             client.command(statement)
